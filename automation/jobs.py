@@ -1,0 +1,32 @@
+"""RQ jobs. Each takes plain values, runs in the app context the worker provides,
+and lets exceptions propagate so RQ records and retries the failure."""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from automation.ingest import StreamIngestor, drain_spool
+from tracker.redis_conn import get_redis
+
+INGEST_QUEUE = "ingest"
+"""Queue that only ingestion jobs use, so they never wait behind mail or reports."""
+
+
+def ingest(seconds: float | None = None) -> dict[str, int]:
+    """Read the event stream for `seconds` (default INGEST_JOB_SECONDS) and store what arrives."""
+    config = current_app.config
+    ingestor = StreamIngestor(
+        get_redis(),
+        config["EVENT_STREAM"],
+        config["INGEST_GROUP"],
+        batch=config["INGEST_BATCH"],
+        block_ms=config["INGEST_BLOCK_MS"],
+        claim_idle_ms=config["INGEST_CLAIM_IDLE_MS"],
+    )
+    total = ingestor.run(config["INGEST_JOB_SECONDS"] if seconds is None else seconds)
+    return {"read": total.read, "stored": total.stored, "dead": total.dead}
+
+
+def drain() -> int:
+    """Store every batch spooled to the database while Redis was down."""
+    return drain_spool()

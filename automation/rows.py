@@ -1,0 +1,147 @@
+"""Turn stamped events from the stream into table rows. Pure: dicts in, dicts out."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from automation.bots import bot_reason
+
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+CLICK_IDS = (
+    "gclid",
+    "gbraid",
+    "wbraid",
+    "fbclid",
+    "msclkid",
+    "li_fat_id",
+    "ttclid",
+    "twclid",
+    "dclid",
+    "yclid",
+    "mc_cid",
+)
+MAX_TAG = 200
+
+
+class MalformedEntry(ValueError):
+    """A stream entry that cannot become a row; it is dead-lettered, not retried forever."""
+
+
+def campaign_fields(url: str | None) -> dict[str, str]:
+    """Return the UTM parameters and the first ad click id found in `url`'s query."""
+    if not url or "?" not in url:
+        return {}
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return {}
+    if "utm_" not in query and "clid" not in query and "_id" not in query and "braid" not in query:
+        return {}
+    found: dict[str, str] = {}
+    for name, value in parse_qsl(query):
+        name = name.lower()
+        if name in UTM_FIELDS and name not in found and value:
+            found[name] = value[:MAX_TAG]
+        elif name in CLICK_IDS and "click_id" not in found and value:
+            found["click_id"] = f"{name}:{value}"[:300]
+    return found
+
+
+def _path(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urlsplit(url).path or "/"
+    except ValueError:
+        return None
+
+
+@dataclass
+class VisitorTouch:
+    """What one batch says about one visitor: first and last sighting, and the first touch."""
+
+    site_id: int
+    key: str
+    first_seen: datetime
+    last_seen: datetime
+    landing: dict[str, Any] = field(default_factory=dict)
+    user_agent: str | None = None
+    is_bot: bool = False
+
+
+def event_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return the `events` row for one stamped event (contact and visitor ids filled later)."""
+    try:
+        kind = entry["type"]
+        url = entry.get("url")
+        user_agent = entry.get("ua") or None
+        reason = bot_reason(user_agent, bool(entry.get("webdriver")))
+        props = entry.get("props") if kind != "identify" else entry.get("traits")
+        row = {
+            "uuid": uuid.UUID(entry["id"]),
+            "site_id": int(entry["site"]),
+            "visitor_key": str(entry["visitor"]),
+            "type": kind,
+            "name": entry.get("name"),
+            "url": url,
+            "path": _path(url),
+            "title": entry.get("title"),
+            "referrer": entry.get("referrer"),
+            "target": entry.get("target"),
+            "query": entry.get("query"),
+            "seconds": entry.get("seconds"),
+            "email": entry.get("email"),
+            "props": props,
+            "ip": entry.get("ip") or None,
+            "user_agent": user_agent,
+            "is_bot": reason is not None,
+            "bot_reason": reason,
+            "occurred_at": datetime.fromtimestamp(float(entry["at"]), UTC),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise MalformedEntry(f"stream entry cannot be stored: {e!r}") from e
+    for name in (*UTM_FIELDS, "click_id"):
+        row[name] = None
+    row.update(campaign_fields(url))
+    return row
+
+
+def visitor_touches(rows: list[dict[str, Any]]) -> list[VisitorTouch]:
+    """Fold a batch's event rows into one touch per (site, visitor), sorted for stable locking."""
+    touches: dict[tuple[int, str], VisitorTouch] = {}
+    for row in sorted(rows, key=lambda r: r["occurred_at"]):
+        key = (row["site_id"], row["visitor_key"])
+        touch = touches.get(key)
+        if touch is None:
+            touch = touches[key] = VisitorTouch(
+                site_id=row["site_id"],
+                key=row["visitor_key"],
+                first_seen=row["occurred_at"],
+                last_seen=row["occurred_at"],
+                landing={
+                    "landing_url": row["url"],
+                    "referrer": row["referrer"],
+                    "click_id": row["click_id"],
+                    **{name: row[name] for name in UTM_FIELDS},
+                },
+            )
+        touch.last_seen = row["occurred_at"]
+        touch.user_agent = row["user_agent"]
+        touch.is_bot = touch.is_bot or row["is_bot"]
+    return [touches[k] for k in sorted(touches)]
+
+
+def identities(rows: list[dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
+    """Return, per (site, visitor), the last identify in the batch: email and traits."""
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r["occurred_at"]):
+        if row["type"] == "identify" and row["email"]:
+            found[(row["site_id"], row["visitor_key"])] = {
+                "email": row["email"],
+                "traits": row["props"] or {},
+            }
+    return found

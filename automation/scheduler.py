@@ -1,0 +1,100 @@
+"""The scheduler process: it only enqueues, and only one instance ticks at a time."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import redis
+from apscheduler.schedulers.blocking import BlockingScheduler
+from flask import Flask
+from rq import Queue
+from rq.registry import StartedJobRegistry
+
+from automation.jobs import INGEST_QUEUE
+from tracker.redis_conn import get_redis
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "cl:scheduler:leader"
+# Extend the lock only while we still hold it: compare-and-expire in one step.
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class LeaderLock:
+    """A Redis lease: whoever holds it ticks; it lapses if its holder dies."""
+
+    def __init__(self, client: redis.Redis, ttl_ms: int, key: str = LOCK_KEY) -> None:
+        self.redis = client
+        self.ttl_ms = ttl_ms
+        self.key = key
+        self.token = uuid.uuid4().hex
+        self._renew = client.register_script(_RENEW)
+
+    def acquire_or_renew(self) -> bool:
+        """Return True when this instance holds the lease for the next `ttl_ms`."""
+        if self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
+            return True
+        return bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def release(self) -> None:
+        """Give the lease up at once (on a clean shutdown)."""
+        if self.redis.get(self.key) == self.token.encode():
+            self.redis.delete(self.key)
+
+
+def ensure_ingestion(client: redis.Redis, concurrency: int, job_seconds: float) -> int:
+    """Enqueue ingestion jobs until `concurrency` are queued or running; return how many."""
+    queue = Queue(INGEST_QUEUE, connection=client)
+    started = StartedJobRegistry(queue=queue)
+    started.cleanup()  # jobs of workers that died no longer count as running
+    active = started.count + queue.count
+    added = 0
+    while active + added < concurrency:
+        queue.enqueue(
+            "automation.jobs.ingest",
+            job_timeout=int(job_seconds) + 120,
+            result_ttl=60,
+            failure_ttl=86400,
+        )
+        added += 1
+    return added
+
+
+def tick(app: Flask, lock: LeaderLock) -> None:
+    """One scheduler beat: if this instance leads, enqueue what is due."""
+    client = get_redis(app)
+    try:
+        if not lock.acquire_or_renew():
+            return
+        ensure_ingestion(client, app.config["INGEST_CONCURRENCY"], app.config["INGEST_JOB_SECONDS"])
+    except redis.RedisError as e:
+        log.warning("scheduler tick skipped, Redis unavailable: %s", e)
+
+
+def run(app: Flask) -> None:
+    """Run the scheduler in the foreground until interrupted."""
+    tick_seconds = app.config["SCHEDULER_TICK_SECONDS"]
+    lock = LeaderLock(get_redis(app), ttl_ms=int(tick_seconds * 5000))
+    scheduler = BlockingScheduler()
+    scheduler.add_job(
+        tick,
+        "interval",
+        seconds=tick_seconds,
+        args=[app, lock],
+        max_instances=1,
+        coalesce=True,
+        id="tick",
+    )
+    log.info("scheduler started, ticking every %ss", tick_seconds)
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        lock.release()

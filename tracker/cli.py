@@ -1,0 +1,280 @@
+"""Operator commands, under `flask --app wsgi …` (or the `closedloop` script)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup
+from sqlalchemy import select
+
+from tracker.db import db
+from tracker.models import Contact, Event, Site, Visitor
+from tracker.payload import normalise_email
+from tracker.sites import create_site
+
+sites_cli = click.Group("sites", help="Create and list tracked websites.")
+contacts_cli = click.Group("contacts", help="Look up contacts.")
+
+
+def script_tag(base_url: str, site: Site) -> str:
+    """The tag a website pastes into every page."""
+    dnt = " data-respect-dnt" if site.respect_dnt else ""
+    return f'<script async src="{base_url}/s.js" data-site="{site.key}"{dnt}></script>'
+
+
+@sites_cli.command("create")
+@click.option("--name", required=True, help="What the site is called in reports.")
+@click.option(
+    "--domain",
+    "domains",
+    required=True,
+    multiple=True,
+    help="A domain allowed to send events (subdomains included); repeatable.",
+)
+@click.option(
+    "--respect-dnt", is_flag=True, help="Record nothing from browsers sending DNT or GPC."
+)
+def sites_create(name: str, domains: tuple[str, ...], respect_dnt: bool) -> None:
+    """Create a site and print its key and the script tag to paste."""
+    try:
+        site = create_site(name, domains, respect_dnt)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--domain") from e
+    db.session.commit()
+    base = current_app.config["BASE_URL"]
+    click.echo(f"site key: {site.key}")
+    click.echo("paste this into every page, before </head>:")
+    click.echo(script_tag(base, site))
+    click.echo(f'<noscript><img src="{base}/p.gif?k={site.key}" alt=""></noscript>')
+
+
+@sites_cli.command("list")
+def sites_list() -> None:
+    """List sites with their keys and domains."""
+    for site in db.session.scalars(select(Site).order_by(Site.id)):
+        click.echo(f"{site.id}\t{site.key}\t{site.name}\t{','.join(site.domains)}")
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _columns(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: _iso(getattr(row, name)) for name in names}
+
+
+def contact_report(email: str, events: int = 50) -> dict[str, Any] | None:
+    """Everything known about one contact, as plain JSON-ready data."""
+    contact = db.session.scalar(select(Contact).where(Contact.email == normalise_email(email)))
+    if contact is None:
+        return None
+    visitors = db.session.scalars(
+        select(Visitor).where(Visitor.contact_id == contact.id).order_by(Visitor.first_seen)
+    ).all()
+    recent = db.session.scalars(
+        select(Event)
+        .where(Event.contact_id == contact.id)
+        .order_by(Event.occurred_at.desc(), Event.id.desc())
+        .limit(events)
+    ).all()
+    return {
+        "contact": _columns(
+            contact,
+            (
+                "id",
+                "email",
+                "first_name",
+                "last_name",
+                "company",
+                "traits",
+                "created_at",
+                "updated_at",
+            ),
+        ),
+        "score": contact.score,
+        "stage": contact.stage,
+        "visitors": [
+            _columns(
+                v,
+                (
+                    "id",
+                    "site_id",
+                    "key",
+                    "first_seen",
+                    "last_seen",
+                    "landing_url",
+                    "referrer",
+                    "utm_source",
+                    "utm_medium",
+                    "utm_campaign",
+                    "click_id",
+                    "is_bot",
+                ),
+            )
+            for v in visitors
+        ],
+        "events": [
+            {
+                "uuid": str(e.uuid),
+                **_columns(
+                    e,
+                    (
+                        "type",
+                        "occurred_at",
+                        "url",
+                        "title",
+                        "name",
+                        "target",
+                        "query",
+                        "seconds",
+                        "props",
+                        "is_bot",
+                        "bot_reason",
+                    ),
+                ),
+            }
+            for e in recent
+        ],
+    }
+
+
+@contacts_cli.command("show")
+@click.argument("email")
+def contacts_show(email: str) -> None:
+    """Print a contact, its visitors, score, stage and last 50 events as JSON."""
+    report = contact_report(email)
+    if report is None:
+        raise click.ClickException(f"no contact has the email {email!r}")
+    click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+@click.command("worker")
+@click.option(
+    "--queues",
+    default="ingest,default",
+    show_default=True,
+    help="Comma-separated RQ queues, highest priority first.",
+)
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+def worker_command(queues: str, burst: bool) -> None:
+    """Run an RQ worker with the app context (ingestion and, later, mail)."""
+    from automation.worker import run_worker
+
+    run_worker(current_app._get_current_object(), queues.split(","), burst=burst)
+
+
+@click.command("scheduler")
+def scheduler_command() -> None:
+    """Run the scheduler; several may run, only one ticks."""
+    from automation.scheduler import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(message)s")
+    run(current_app._get_current_object())
+
+
+def _ensure_demo_site() -> Site:
+    from tracker.demo import DEMO_SITE_NAME
+
+    site = db.session.scalar(select(Site).where(Site.name == DEMO_SITE_NAME))
+    if site is None:
+        site = create_site(DEMO_SITE_NAME, ["127.0.0.1", "localhost"])
+        db.session.commit()
+    return site
+
+
+def _feed(app: Flask, stop: threading.Event) -> None:
+    """Print each stored event as it arrives, so the demo shows the loop working."""
+    with app.app_context():
+        last = db.session.scalar(select(db.func.max(Event.id))) or 0
+        while not stop.wait(1.0):
+            rows = db.session.execute(
+                select(Event, Contact.email)
+                .outerjoin(Contact, Contact.id == Event.contact_id)
+                .where(Event.id > last)
+                .order_by(Event.id)
+                .limit(200)
+            ).all()
+            db.session.remove()
+            for event, email in rows:
+                last = event.id
+                detail = event.target or event.query or event.name or event.email or ""
+                if event.seconds is not None:
+                    detail = f"{event.seconds}s"
+                who = email or f"visitor {event.visitor_id}"
+                bot = f" [bot: {event.bot_reason}]" if event.is_bot else ""
+                click.echo(f"  event  {event.type:<9} {event.path or ''} {detail}  ({who}){bot}")
+
+
+@click.command("dev")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True)
+@click.option("--demo-port", default=5001, show_default=True)
+def dev_command(host: str, port: int, demo_port: int) -> None:
+    """Run everything on one machine: Redis if needed, schema, worker, scheduler, demo site."""
+    from flask_migrate import upgrade
+    from werkzeug.serving import make_server
+
+    from tracker.demo import create_demo_app
+    from tracker.redis_conn import answers, start_private_server
+
+    app = current_app._get_current_object()
+    url = app.config["REDIS_URL"]
+    if not answers(url):
+        click.echo(f"no Redis answers at {url}; starting a private one")
+        start_private_server(url, Path(app.instance_path) / "redis")
+    upgrade()
+    site = _ensure_demo_site()
+    tracker_url = f"http://{host}:{port}"
+    demo_url = f"http://{host}:{demo_port}"
+
+    app_spec = "tracker:create_app()"
+    children = [
+        subprocess.Popen([sys.executable, "-m", "flask", "--app", app_spec, "worker"]),
+        subprocess.Popen([sys.executable, "-m", "flask", "--app", app_spec, "scheduler"]),
+    ]
+    demo = make_server(host, demo_port, create_demo_app(tracker_url, site.key), threaded=True)
+    threading.Thread(target=demo.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    threading.Thread(target=_feed, args=(app, stop), daemon=True).start()
+    click.echo(f"\nClosed Loop is running: tracker {tracker_url}  (health: {tracker_url}/healthz)")
+    click.echo(f"Demo website: {demo_url}  — click around; events appear below.")
+    click.echo("Inspect a contact: flask --app wsgi contacts show EMAIL\n")
+    try:
+        make_server(host, port, app, threaded=True).serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        demo.shutdown()
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        time.sleep(0.1)
+
+
+def register(app: Flask) -> None:
+    """Attach the commands to `flask --app wsgi`."""
+    for command in (sites_cli, contacts_cli, worker_command, scheduler_command, dev_command):
+        app.cli.add_command(command)
+
+
+def _create() -> Flask:
+    from tracker import create_app
+
+    return create_app()
+
+
+main = FlaskGroup(create_app=_create, help="Closed Loop operator commands.")

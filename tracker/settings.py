@@ -1,0 +1,59 @@
+"""Every tunable of Closed Loop: name, default and a one-line explanation.
+
+Settings are read from the environment (same name) by `tracker.config.load`;
+the README's configuration table is generated from this registry and a test
+fails when the two disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tunable: its environment name, default and what it does."""
+
+    name: str
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", None, "SQLAlchemy URL; default a SQLite file in the instance folder."),
+    Setting(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis for the event stream and RQ; `closedloop dev` starts one when none answers.",
+    ),
+    Setting(
+        "SECRET_KEY",
+        None,
+        "Signing key; required in production, generated into the instance folder in dev.",
+    ),
+    Setting("BASE_URL", "http://127.0.0.1:5000", "Public URL of this server, used in links."),
+    Setting(
+        "TRUSTED_PROXIES",
+        "",
+        "Comma-separated proxy IPs/CIDRs whose X-Forwarded-For is believed.",
+    ),
+    Setting("ENV", "development", "`production` makes SECRET_KEY mandatory."),
+    Setting("EVENT_STREAM", "cl:events", "Redis stream that collection appends to."),
+    Setting("INGEST_GROUP", "ingest", "Consumer group that ingestion workers read through."),
+    Setting("INGEST_BATCH", 1000, "Most stream entries one ingestion batch takes."),
+    Setting("INGEST_BLOCK_MS", 500, "How long an idle ingestion read waits for new entries."),
+    Setting(
+        "INGEST_CLAIM_IDLE_MS",
+        30000,
+        "Entries pending this long on another consumer are taken over (dead worker).",
+    ),
+    Setting("INGEST_JOB_SECONDS", 60, "How long one ingestion job keeps reading before it ends."),
+    Setting("INGEST_CONCURRENCY", 1, "Ingestion jobs the scheduler keeps running at once."),
+    Setting("SCHEDULER_TICK_SECONDS", 1.0, "How often the scheduler checks what to enqueue."),
+    Setting("SITE_CACHE_SECONDS", 10, "How long collection trusts its in-memory copy of sites."),
+    Setting("MAX_BODY_BYTES", 32768, "Largest request body `POST /e` accepts."),
+    Setting("MAX_BATCH_EVENTS", 50, "Most events one `POST /e` request may carry."),
+)
+
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}

@@ -1,0 +1,73 @@
+"""Hand accepted events on: one XADD each to the Redis stream, else the database spool."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from tracker.db import db
+from tracker.errors import BadEvent, StorageUnavailable
+from tracker.models import EventSpool
+
+log = logging.getLogger(__name__)
+
+FIELD = "d"
+"""The one field of a stream entry: the stamped event as compact JSON."""
+
+REDIS_RETRY_SECONDS = 2.0
+"""After Redis fails, collection writes to the spool for this long before trying it again."""
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """Serialise a stamped event; lone surrogates smuggled in via JSON escapes are refused."""
+    try:
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadEvent("a string in the event is not valid Unicode", "invalid_utf8") from e
+
+
+class EventSink:
+    """Appends events to the stream, falling back to the database spool when Redis is down."""
+
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        self._redis = client
+        self._stream = stream
+        self._redis_down_until = 0.0
+        self._lock = threading.Lock()
+
+    def append(self, encoded: list[bytes]) -> str:
+        """Store the encoded events durably; return "redis" or "spool" for where they went."""
+        if time.monotonic() >= self._redis_down_until:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for entry in encoded:
+                    pipe.xadd(self._stream, {FIELD: entry})
+                pipe.execute()
+                return "redis"
+            except redis.RedisError as e:
+                log.warning(
+                    "Redis refused %d events, spooling to the database: %s", len(encoded), e
+                )
+                with self._lock:
+                    self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+        self._spool(encoded)
+        return "spool"
+
+    def _spool(self, encoded: list[bytes]) -> None:
+        payload = b"[" + b",".join(encoded) + b"]"
+        try:
+            db.session.add(EventSpool(payload=payload.decode("utf-8")))
+            db.session.commit()
+        except SQLAlchemyError as e:
+            db.session.rollback()
+            raise StorageUnavailable(
+                "neither Redis nor the database accepted the events; try again shortly"
+            ) from e
+        finally:
+            db.session.remove()
