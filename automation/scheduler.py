@@ -81,6 +81,7 @@ def run(app: Flask) -> None:
     """Run the scheduler in the foreground until interrupted."""
     tick_seconds = app.config["SCHEDULER_TICK_SECONDS"]
     lock = LeaderLock(get_redis(app), ttl_ms=int(tick_seconds * 5000))
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per tick is noise
     scheduler = BlockingScheduler()
     scheduler.add_job(
         tick,

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
 from sqlalchemy import select
 
 from tracker.db import db
@@ -21,8 +21,8 @@ from tracker.models import Contact, Event, Site, Visitor
 from tracker.payload import normalise_email
 from tracker.sites import create_site
 
-sites_cli = click.Group("sites", help="Create and list tracked websites.")
-contacts_cli = click.Group("contacts", help="Look up contacts.")
+sites_cli = AppGroup("sites", help="Create and list tracked websites.")
+contacts_cli = AppGroup("contacts", help="Look up contacts.")
 
 
 def script_tag(base_url: str, site: Site) -> str:
@@ -158,6 +158,7 @@ def contacts_show(email: str) -> None:
 
 
 @click.command("worker")
+@with_appcontext
 @click.option(
     "--queues",
     default="ingest,default",
@@ -173,6 +174,7 @@ def worker_command(queues: str, burst: bool) -> None:
 
 
 @click.command("scheduler")
+@with_appcontext
 def scheduler_command() -> None:
     """Run the scheduler; several may run, only one ticks."""
     from automation.scheduler import run
@@ -215,6 +217,7 @@ def _feed(app: Flask, stop: threading.Event) -> None:
 
 
 @click.command("dev")
+@with_appcontext
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
 @click.option("--demo-port", default=5001, show_default=True)
@@ -227,6 +230,8 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     from tracker.redis_conn import answers, start_private_server
 
     app = current_app._get_current_object()
+    # Stop cleanly (children and the private Redis too) on `kill` as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     url = app.config["REDIS_URL"]
     if not answers(url):
         click.echo(f"no Redis answers at {url}; starting a private one")
@@ -250,7 +255,7 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     click.echo("Inspect a contact: flask --app wsgi contacts show EMAIL\n")
     try:
         make_server(host, port, app, threaded=True).serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         stop.set()
@@ -262,7 +267,6 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
-        time.sleep(0.1)
 
 
 def register(app: Flask) -> None:

@@ -6,7 +6,7 @@ watch events arrive; the browser tests drive the same pages.
 
 from __future__ import annotations
 
-from flask import Flask, Response, render_template
+from flask import Flask, Response, render_template, request
 
 DEMO_SITE_NAME = "Demo site"
 
@@ -16,8 +16,14 @@ def create_demo_app(tracker_url: str, site_key: str) -> Flask:
     app = Flask(__name__)
 
     @app.context_processor
-    def _snippet() -> dict[str, str]:
-        return {"tracker_url": tracker_url.rstrip("/"), "site_key": site_key}
+    def _snippet() -> dict[str, object]:
+        # ?consent=required and ?dnt=respect show the snippet's privacy modes.
+        return {
+            "tracker_url": tracker_url.rstrip("/"),
+            "site_key": site_key,
+            "consent_required": request.args.get("consent") == "required",
+            "respect_dnt": request.args.get("dnt") == "respect",
+        }
 
     @app.get("/")
     def index() -> str:
@@ -35,6 +41,7 @@ def create_demo_app(tracker_url: str, site_key: str) -> Flask:
     @app.get("/files/whitepaper.pdf")
     def whitepaper() -> Response:
         body = b"%PDF-1.4\n% Closed Loop demo whitepaper\n%%EOF\n"
-        return Response(body, mimetype="application/pdf")
+        return Response(body, mimetype="application/pdf",
+                        headers={"Content-Disposition": "attachment; filename=whitepaper.pdf"})
 
     return app

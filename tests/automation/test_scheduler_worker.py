@@ -1,0 +1,63 @@
+"""The scheduler enqueues ingestion, one scheduler ticks, and a real RQ worker runs the job."""
+
+from __future__ import annotations
+
+from rq import Queue
+from sqlalchemy import func, select
+
+from automation.jobs import INGEST_QUEUE
+from automation.scheduler import LeaderLock, ensure_ingestion, tick
+from automation.worker import run_worker
+from tests.conftest import event, post_events
+from tracker.db import db
+from tracker.models import Event
+from tracker.redis_conn import get_redis
+
+
+def test_only_one_scheduler_holds_the_lease(app):
+    redis = get_redis(app)
+    first, second = LeaderLock(redis, ttl_ms=200), LeaderLock(redis, ttl_ms=200)
+    assert first.acquire_or_renew()
+    assert not second.acquire_or_renew()
+    assert first.acquire_or_renew()  # renewing is fine
+    first.release()
+    assert second.acquire_or_renew()
+    assert not first.acquire_or_renew()
+
+
+def test_a_dead_leaders_lease_lapses(app):
+    import time
+
+    redis = get_redis(app)
+    dead, alive = LeaderLock(redis, ttl_ms=100), LeaderLock(redis, ttl_ms=100)
+    assert dead.acquire_or_renew()
+    assert not alive.acquire_or_renew()
+    time.sleep(0.15)
+    assert alive.acquire_or_renew()
+
+
+def test_ingestion_jobs_are_kept_at_the_configured_concurrency(app):
+    redis = get_redis(app)
+    assert ensure_ingestion(redis, concurrency=2, job_seconds=5) == 2
+    assert ensure_ingestion(redis, concurrency=2, job_seconds=5) == 0
+    assert Queue(INGEST_QUEUE, connection=redis).count == 2
+
+
+def test_a_follower_scheduler_enqueues_nothing(app):
+    redis = get_redis(app)
+    leader, follower = LeaderLock(redis, ttl_ms=5000), LeaderLock(redis, ttl_ms=5000)
+    assert leader.acquire_or_renew()
+    tick(app, follower)
+    assert Queue(INGEST_QUEUE, connection=redis).count == 0
+    tick(app, leader)
+    assert Queue(INGEST_QUEUE, connection=redis).count == app.config["INGEST_CONCURRENCY"]
+
+
+def test_a_real_worker_runs_the_ingestion_job(app, client, site):
+    app.config["INGEST_JOB_SECONDS"] = 0.5
+    post_events(client, site.key, [event(), event("custom", name="signup")])
+    tick(app, LeaderLock(get_redis(app), ttl_ms=5000))
+    run_worker(app, [INGEST_QUEUE], burst=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Event)) == 2
+    assert get_redis(app).xlen(app.config["EVENT_STREAM"]) == 0

@@ -1,0 +1,81 @@
+"""Operator commands under `flask --app wsgi`."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from tests.conftest import event, ingest_all, post_events
+from tracker.db import db
+from tracker.models import Site
+
+
+def test_sites_create_prints_the_key_and_the_tag(app):
+    result = app.test_cli_runner().invoke(
+        args=[
+            "sites",
+            "create",
+            "--name",
+            "Acme",
+            "--domain",
+            "https://WWW.Acme.test/",
+            "--domain",
+            "acme.test",
+            "--respect-dnt",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        site = db.session.scalar(select(Site).where(Site.name == "Acme"))
+        assert site.domains == ["acme.test", "www.acme.test"]
+        assert site.respect_dnt
+    assert f"site key: {site.key}" in result.output
+    tag = f'<script async src="http://tracker.test/s.js" data-site="{site.key}" data-respect-dnt>'
+    assert tag in result.output
+    listed = app.test_cli_runner().invoke(args=["sites", "list"])
+    assert site.key in listed.output
+
+
+def test_sites_create_refuses_a_bad_domain(app):
+    result = app.test_cli_runner().invoke(
+        args=["sites", "create", "--name", "X", "--domain", "not a domain"]
+    )
+    assert result.exit_code != 0
+    assert "not a domain" in result.output
+    with app.app_context():
+        assert db.session.scalars(select(Site)).all() == []
+
+
+def test_contacts_show_prints_the_contact_as_json(app, client, site):
+    post_events(client, site.key, [event(url="https://example.com/pricing")], visitor="laptop-0001")
+    post_events(
+        client,
+        site.key,
+        [event("identify", email="ada@example.com", traits={"first_name": "Ada"})],
+        visitor="laptop-0001",
+    )
+    ingest_all(app)
+    result = app.test_cli_runner().invoke(args=["contacts", "show", "ADA@example.com"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["contact"]["email"] == "ada@example.com"
+    assert report["contact"]["first_name"] == "Ada"
+    assert report["stage"] == "lead" and report["score"] == 0
+    assert [v["key"] for v in report["visitors"]] == ["laptop-0001"]
+    assert sorted(e["type"] for e in report["events"]) == ["identify", "pageview"]
+
+
+def test_contacts_show_limits_to_the_last_50_events(app, client, site):
+    post_events(client, site.key, [event("identify", email="ada@example.com")])
+    for _ in range(3):
+        post_events(client, site.key, [event() for _ in range(20)])
+    ingest_all(app)
+    result = app.test_cli_runner().invoke(args=["contacts", "show", "ada@example.com"])
+    assert len(json.loads(result.output)["events"]) == 50
+
+
+def test_contacts_show_unknown_email_fails_clearly(app):
+    result = app.test_cli_runner().invoke(args=["contacts", "show", "nobody@example.com"])
+    assert result.exit_code == 1
+    assert "no contact has the email 'nobody@example.com'" in result.output
