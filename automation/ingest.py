@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_SUFFIX = ":dead"
 """Entries that can never be stored go to `<stream>:dead`, for an operator to inspect."""
 
+CONSUMER_IDLE_MS = 600_000
+"""Consumers idle this long with nothing pending are removed from the group."""
+
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
@@ -77,6 +80,17 @@ class StreamIngestor:
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
+
+    def prune_consumers(self, idle_ms: int = CONSUMER_IDLE_MS) -> int:
+        """Forget consumers of ended jobs: idle for long and holding nothing pending."""
+        pruned = 0
+        for info in self.redis.xinfo_consumers(self.stream, self.group):
+            name = info["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if name != self.consumer and info["pending"] == 0 and info["idle"] > idle_ms:
+                self.redis.xgroup_delconsumer(self.stream, self.group, name)
+                pruned += 1
+        return pruned
 
     def claim(self) -> list[Entry]:
         """Take over entries another consumer left pending for longer than `claim_idle_ms`."""
@@ -172,6 +186,7 @@ class StreamIngestor:
     ) -> BatchResult:
         """Keep ingesting for `seconds`, draining the spool now and then; return the totals."""
         self.ensure_group()
+        self.prune_consumers()
         total = BatchResult()
         deadline = time.monotonic() + seconds
         next_spool_check = 0.0
@@ -185,6 +200,9 @@ class StreamIngestor:
             total.dead += result.dead
             if on_batch and result.read:
                 on_batch(result)
+        # Leave no trace when nothing is pending on us; otherwise a live consumer claims it.
+        if self.redis.xpending_range(self.stream, self.group, "-", "+", 1, self.consumer) == []:
+            self.redis.xgroup_delconsumer(self.stream, self.group, self.consumer)
         return total
 
 

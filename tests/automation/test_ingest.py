@@ -241,3 +241,21 @@ def test_a_batch_left_by_a_killed_worker_is_claimed_and_stored_once(
         assert survivor.run_once(wait=False).read == 0
     assert count(app, Event) == 10
     assert get_redis(app).xpending(stream, group)["pending"] == 0
+
+
+def test_consumers_of_ended_jobs_are_forgotten(app, client, site):
+    post_events(client, site.key, [event()])
+    with app.app_context():
+        ing = ingestor(app, consumer="ended-job")
+        ing.run(seconds=0.1)
+        stream, group = app.config["EVENT_STREAM"], app.config["INGEST_GROUP"]
+        assert get_redis(app).xinfo_consumers(stream, group) == []
+        # A consumer that finished its work is pruned; one still holding entries is kept.
+        post_events(client, site.key, [event()])
+        assert ingestor(app, consumer="finished").run_once(wait=False).stored == 1
+        post_events(client, site.key, [event()])
+        assert len(ingestor(app, consumer="holder").read(wait=False)) == 1
+        assert ingestor(app, consumer="pruner").prune_consumers(idle_ms=-1) == 1
+        names = [c["name"] for c in get_redis(app).xinfo_consumers(stream, group)]
+        assert names == [b"holder"]
+    assert count(app, Event) == 2
