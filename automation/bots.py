@@ -1,6 +1,6 @@
 """Tell automated traffic from people, from what the request said about itself.
 
-Pure: a user agent (and the snippet's webdriver flag) in, a reason or None out.
+Pure: a user agent in, a reason or None out.
 Flagged events are stored and marked, never dropped, and never earn points.
 """
 
@@ -45,10 +45,8 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 @lru_cache(maxsize=4096)
-def bot_reason(user_agent: str | None, webdriver: bool = False) -> str | None:
+def bot_reason(user_agent: str | None) -> str | None:
     """Return why this looks automated ("headless", "crawler", …), or None for a person."""
-    if webdriver:
-        return "webdriver"
     if not user_agent or len(user_agent) < 10:
         return "no_user_agent"
     for reason, pattern in _PATTERNS:

@@ -79,7 +79,7 @@ def event_row(entry: dict[str, Any]) -> dict[str, Any]:
         kind = entry["type"]
         url = entry.get("url")
         user_agent = entry.get("ua") or None
-        reason = bot_reason(user_agent, bool(entry.get("webdriver")))
+        reason = bot_reason(user_agent)
         props = entry.get("props") if kind != "identify" else entry.get("traits")
         row = {
             "uuid": uuid.UUID(entry["id"]),

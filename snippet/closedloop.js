@@ -39,25 +39,21 @@
         for (var k in o)
           'string number boolean'.includes(typeof o[k]) && i++ < 20 &&
             (r[k] = o[k].slice ? C(o[k], 500) : o[k]);
-        return r;
+        return r
       },
       // queue an event; send after 1 s or at 50 events
       P = (type, f) => {
         Q.push(Object.assign({ id: id(), type, ts: Date.now(), url: C(L.href), title: C(d.title, 300) }, f));
-        Q[49] ? B() : (T = T || setTimeout(G(B), 1e3));
+        Q[49] ? B() : (T = T || setTimeout(G(B), 1e3))
       },
       I = (m, t) => P('identify', { email: C(m, 300).trim(), traits: F(t) }),
       // failed events -> retry queue (max 100, oldest dropped)
       R = G((b) => vid && ls(RK, JSON.stringify(JSON.parse(ls(RK) || '[]').concat(b).slice(-100)))),
       // retry queue -> send queue
-      X = G((r) => {
-        r = ls(RK);
+      X = G(() => {
+        Q.unshift(...JSON.parse(ls(RK) || '[]'));
         ls(RK, '');
-        r = JSON.parse(r || '[]');
-        if (r[0]) {
-          Q.unshift(...r);
-          B();
-        }
+        B()
       }),
       api = G((c, a, b) =>
           c == 'track'
@@ -73,7 +69,7 @@
       // page hidden / left: engaged time, then send what is queued via sendBeacon
       H = () => {
         E();
-        B(1);
+        B(1)
       };
 
     // DNT / GPC respected: no cookie, no storage, no requests
@@ -83,13 +79,12 @@
     // set visitor id in cookie + localStorage; V('') deletes both (and the retry queue)
     function V(v) {
       vid = v;
-      d.cookie = '_cl_vid=' + v + ';path=/;SameSite=Lax;max-age=' + (v ? 63072000 : 0) +
-        (L.protocol == 'https:' ? ';Secure' : '');
+      d.cookie = '_cl_vid=' + v + ';path=/;SameSite=Lax;max-age=' + (v ? 63072000 : 0) + (L.protocol == 'https:' ? ';Secure' : '');
       ls('_cl_vid', v);
-      v || ls(RK, '');
+      v || ls(RK, '')
     }
     function N() {
-      V(id().replace(/-/g, ''));
+      V(id().replace(/-/g, ''))
     }
 
     // send everything queued in requests of <= 50 events and < 32 KB;
@@ -98,8 +93,7 @@
       T = 0; // a pending timer may still fire: harmless
       while (vid && Q[0] && (h || !Z)) {
         var b = Q.splice(0, 50), y;
-        while (new Blob([y = JSON.stringify({ site: A('data-site'), visitor: vid, dnt, events: b })]).size > 32e3 && b[1])
-          Q.unshift(b.pop());
+        while (new Blob([y = JSON.stringify({ site: A('data-site'), visitor: vid, dnt, events: b })]).size > 32e3 && b[1]) Q.unshift(b.pop());
         // a string body is sent as text/plain;charset=UTF-8 by both
         // sendBeacon and fetch: CORS-safelisted, so no preflight
         h && n.sendBeacon
@@ -107,7 +101,7 @@
           : (Z = fetch(U, { method: 'POST', body: y, keepalive: !0, credentials: 'omit' })
               .then((r) => (r.status > 499 || r.status == 429 ? R(b) : r.ok && X()))
               .catch(() => R(b))
-              .then(G(() => B(Z = 0))));
+              .then(G(() => B(Z = 0))))
       }
     }
 
@@ -116,7 +110,7 @@
     function E() {
       var t = Date.now(), s = vis && Math.round((t - vis) / 1e3);
       vis = d.hidden ? 0 : t;
-      s && P('engage', { seconds: s, url: C(cur) });
+      s && P('engage', { seconds: s, url: C(cur) })
     }
 
     // pageview (+ search) when the URL changed
@@ -128,7 +122,7 @@
         cur = h;
         (A('data-search-params') || 'q,s,search').split(',').some(
           (p) => (p = (q.get(p.trim()) || '').trim()) && !P('search', { query: C(p, 500) })
-        );
+        )
       }
     });
 
@@ -154,8 +148,8 @@
       o = history[k];
       history[k] = function () {
         o.apply(this, arguments);
-        pv();
-      };
+        pv()
+      }
     });
     on('popstate', pv, w);
     on('click', K);
@@ -167,16 +161,17 @@
       var f = e.target, m,
         g = (s) => {
           var i = f.querySelector(s);
-          return (i && i.type != 'password' && i.value.trim()) || void 0;
+          return (i && i.type != 'password' && i.value.trim()) || void 0
         };
       if (f.hasAttribute('data-closedloop-identify') &&
           (m = g('input[type=email]') || g('input[name*=email i],input[id*=email i]'))) {
+        // traits only from inputs named first_name/firstname, last_name/lastname, company
         I(m, {
           first_name: g('[name=first_name],[name=firstname]'),
           last_name: g('[name=last_name],[name=lastname]'),
           company: g('[name=company]')
         });
-        B(1);
+        B(1)
       }
     });
 

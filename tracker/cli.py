@@ -269,9 +269,12 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
                 child.kill()
 
 
+OPERATOR_COMMANDS = (sites_cli, contacts_cli, worker_command, scheduler_command, dev_command)
+
+
 def register(app: Flask) -> None:
     """Attach the commands to `flask --app wsgi`."""
-    for command in (sites_cli, contacts_cli, worker_command, scheduler_command, dev_command):
+    for command in OPERATOR_COMMANDS:
         app.cli.add_command(command)
 
 

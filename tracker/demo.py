@@ -41,7 +41,10 @@ def create_demo_app(tracker_url: str, site_key: str) -> Flask:
     @app.get("/files/whitepaper.pdf")
     def whitepaper() -> Response:
         body = b"%PDF-1.4\n% Closed Loop demo whitepaper\n%%EOF\n"
-        return Response(body, mimetype="application/pdf",
-                        headers={"Content-Disposition": "attachment; filename=whitepaper.pdf"})
+        return Response(
+            body,
+            mimetype="application/pdf",
+            headers={"Content-Disposition": "attachment; filename=whitepaper.pdf"},
+        )
 
     return app
