@@ -16,19 +16,19 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.compile(r"headless|phantomjs|slimerjs|electron/|puppeteer|playwright|selenium", re.I),
     ),
     (
+        "monitor",
+        re.compile(
+            r"pingdom|uptimerobot|statuscake|site24x7|newrelicpinger|"
+            r"lighthouse|gtmetrix|pagespeed|datadog",
+            re.I,
+        ),
+    ),
+    (
         "crawler",
         re.compile(
             r"bot\b|bot/|crawl|spider|slurp|archiver|facebookexternalhit|"
             r"bingpreview|embedly|quora link preview|whatsapp|telegrambot|"
             r"slack-imgproxy|discordbot|yandex|baiduspider|duckduckgo-favicons",
-            re.I,
-        ),
-    ),
-    (
-        "monitor",
-        re.compile(
-            r"pingdom|uptimerobot|statuscake|site24x7|newrelicpinger|"
-            r"lighthouse|gtmetrix|pagespeed|datadog",
             re.I,
         ),
     ),
