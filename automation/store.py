@@ -149,6 +149,7 @@ def store_batch(conn: Connection, rows: list[dict[str, Any]]) -> int:
     table = Event.__table__
     for start in range(0, len(values), CHUNK):
         stmt = _insert(conn, table).values(values[start : start + CHUNK])
-        result = conn.execute(stmt.on_conflict_do_nothing(index_elements=["uuid"]))
-        inserted += max(result.rowcount, 0)
+        # RETURNING counts what was new: rowcount is -1 for this statement on psycopg.
+        stmt = stmt.on_conflict_do_nothing(index_elements=["uuid"]).returning(table.c.id)
+        inserted += len(conn.execute(stmt).all())
     return inserted
