@@ -16,15 +16,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import text
 
 from tracker import create_app
 from tracker.db import db
 from tracker.models import Site
 from tracker.redis_conn import free_port, get_redis, start_private_server
 from tracker.sites import create_site
-
-TABLES = ("events", "event_spool", "visitors", "contacts", "sites")
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +69,8 @@ def app(database_url: str, redis_url: str) -> Iterator[Flask]:
     app = make_app(database_url, redis_url)
     get_redis(app).flushall()
     with app.app_context():
-        for table in TABLES:
-            db.session.execute(text(f"DELETE FROM {table}"))
+        for table in reversed(db.metadata.sorted_tables):
+            db.session.execute(table.delete())
         db.session.commit()
         db.session.remove()
     yield app

@@ -60,8 +60,24 @@ class Contact(db.Model):
     traits: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     stage: Mapped[str] = mapped_column(String(20), default="lead")
     score: Mapped[int] = mapped_column(Integer, default=0)
+    engagement_score: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    fit_score: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class User(db.Model):
+    """Someone who works in Closed Loop: a salesperson leads are handed to, or a marketer."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20), default="sales")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Visitor(db.Model):
