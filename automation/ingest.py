@@ -14,14 +14,16 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from flask import current_app
 from sqlalchemy import delete, select
 from sqlalchemy.exc import DataError, IntegrityError
 
 from automation.rows import MalformedEntry, event_row
-from automation.store import store_batch
+from automation.store import repair_identities, store_batch
 from tracker.db import db
 from tracker.models import EventSpool
 from tracker.stream import FIELD
@@ -189,11 +191,14 @@ class StreamIngestor:
         self.prune_consumers()
         total = BatchResult()
         deadline = time.monotonic() + seconds
-        next_spool_check = 0.0
+        next_spool_check = next_repair = 0.0
         while time.monotonic() < deadline:
             if time.monotonic() >= next_spool_check:
                 total.stored += drain_spool()
                 next_spool_check = time.monotonic() + SPOOL_CHECK_SECONDS
+            if time.monotonic() >= next_repair:
+                repair_recent_identities()
+                next_repair = time.monotonic() + REPAIR_SECONDS
             result = self.run_once()
             total.read += result.read
             total.stored += result.stored
@@ -209,6 +214,21 @@ class StreamIngestor:
 SPOOL_CHECK_SECONDS = 5.0
 """How often a running ingestion job looks for batches spooled while Redis was down."""
 
+REPAIR_SECONDS = 60.0
+"""How often a running ingestion job re-points events a concurrent identify missed."""
+
+REPAIR_WINDOW = timedelta(hours=1)
+"""How far back that repair looks."""
+
+
+def repair_recent_identities() -> int:
+    """Re-point the last hour's anonymous events of identified visitors; return how many."""
+    try:
+        with db.engine.begin() as conn:
+            return repair_identities(conn, datetime.now(UTC) - REPAIR_WINDOW)
+    finally:
+        db.session.remove()
+
 
 def _row(entry: Entry) -> dict[str, Any]:
     try:
@@ -217,13 +237,17 @@ def _row(entry: Entry) -> dict[str, Any]:
         raise MalformedEntry(f"stream entry {entry[0]!r} is not a stamped event: {e!r}") from e
 
 
+def _last_seen_resolution() -> timedelta:
+    return timedelta(seconds=current_app.config["VISITOR_LAST_SEEN_SECONDS"])
+
+
 def store_rows(rows: list[dict[str, Any]]) -> int:
     """Store event rows in one committed transaction; return how many were new."""
     if not rows:
         return 0
     try:
         with db.engine.begin() as conn:
-            return store_batch(conn, rows)
+            return store_batch(conn, rows, _last_seen_resolution())
     finally:
         db.session.remove()
 
@@ -240,5 +264,5 @@ def drain_spool(limit: int = 200) -> int:
             if not spooled:
                 return stored
             rows = [event_row(event) for _, payload in spooled for event in json.loads(payload)]
-            stored += store_batch(conn, rows)
+            stored += store_batch(conn, rows, _last_seen_resolution())
             conn.execute(delete(EventSpool).where(EventSpool.id.in_([id_ for id_, _ in spooled])))

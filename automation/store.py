@@ -7,30 +7,67 @@ visitors by (site, key) and contacts by normalised email.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, select, update
 
+from automation.bulk import insert_rows, update_rows
 from automation.rows import identities, visitor_touches
 from tracker.models import Contact, Event, Visitor, utcnow
 
 TRAIT_COLUMNS = {"first_name", "last_name", "company"}
-CHUNK = 500
-"""Rows per multi-row INSERT; keeps SQLite under its bound-parameter limit."""
+LAST_SEEN_RESOLUTION = timedelta(minutes=1)
+"""By default a known visitor's last_seen is rewritten only when it moves by more than this."""
 
 
-def _insert(conn: Connection, table: Any) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+def _trait(value: Any) -> str | None:
+    return str(value)[:200] if value not in (None, "") else None
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were stored in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _upsert_visitors(
-    conn: Connection, rows: list[dict[str, Any]]
+    conn: Connection, rows: list[dict[str, Any]], resolution: timedelta
 ) -> dict[tuple[int, str], tuple[int, int | None]]:
-    """Insert new visitors, move last_seen on known ones; return (id, contact_id) per key."""
+    """Insert new visitors, move last_seen on known ones; return (id, contact_id) per key.
+
+    Known visitors are read, and rewritten only when their last_seen moves by
+    more than `resolution`: most batches then read their visitors instead of
+    rewriting them. (An identify committed by another worker between this read
+    and our commit leaves our events anonymous; `repair_identities` re-points
+    them.)
+    """
+    table = Visitor.__table__
     touches = visitor_touches(rows)
-    values = [
+    keys = sorted({t.key for t in touches})
+    known: dict[tuple[int, str], tuple[int, int | None, datetime]] = {}
+    for start in range(0, len(keys), 1000):
+        query = select(
+            table.c.id, table.c.site_id, table.c.key, table.c.contact_id, table.c.last_seen
+        ).where(table.c.key.in_(keys[start : start + 1000]))
+        for id_, site_id, key, contact_id, last_seen in conn.execute(query):
+            known[(site_id, key)] = (id_, contact_id, _aware(last_seen))
+    found = {key: (id_, contact_id) for key, (id_, contact_id, _) in known.items()}
+    update_rows(
+        conn,
+        table,
+        [
+            {
+                "id": known[(t.site_id, t.key)][0],
+                "last_seen": t.last_seen,
+                "user_agent": t.user_agent,
+            }
+            for t in touches
+            if (t.site_id, t.key) in known
+            and t.last_seen - known[(t.site_id, t.key)][2] > resolution
+        ],
+        key="id",
+    )
+    new = [
         {
             "site_id": t.site_id,
             "key": t.key,
@@ -41,63 +78,59 @@ def _upsert_visitors(
             **t.landing,
         }
         for t in touches
+        if (t.site_id, t.key) not in known
     ]
-    found: dict[tuple[int, str], tuple[int, int | None]] = {}
-    table = Visitor.__table__
-    for start in range(0, len(values), CHUNK):
-        stmt = _insert(conn, table).values(values[start : start + CHUNK])
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.site_id, table.c.key],
-            set_={
-                "last_seen": case(
-                    (stmt.excluded.last_seen > table.c.last_seen, stmt.excluded.last_seen),
-                    else_=table.c.last_seen,
-                ),
-                "user_agent": stmt.excluded.user_agent,
-            },
-        ).returning(table.c.id, table.c.site_id, table.c.key, table.c.contact_id)
-        for id_, site_id, key, contact_id in conn.execute(stmt):
-            found[(site_id, key)] = (id_, contact_id)
+    # An upsert, not a plain insert: another worker may create the same visitor now.
+    returned = insert_rows(
+        conn,
+        table,
+        new,
+        conflict=("site_id", "key"),
+        update={"last_seen": "max", "user_agent": "new"},
+        returning=("id", "site_id", "key", "contact_id"),
+    )
+    found.update({(site_id, key): (id_, cid) for id_, site_id, key, cid in returned})
     return found
 
 
 def _contacts_by_email(conn: Connection, wanted: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Make sure a contact exists for every email (never two); return their ids."""
+    """Make sure a contact exists for every email (never two), note what they told us,
+    and return their ids."""
     contacts = Contact.__table__
     now = utcnow()
     emails = sorted(wanted)
-    new = [
-        {
-            "email": email,
-            "traits": {},
-            "stage": "lead",
-            "score": 0,
-            "created_at": now,
-            "updated_at": now,
-            **{k: str(v)[:200] for k, v in wanted[email].items() if k in TRAIT_COLUMNS and v},
-        }
-        for email in emails
-    ]
-    conn.execute(
-        _insert(conn, contacts).values(new).on_conflict_do_nothing(index_elements=["email"])
+    insert_rows(
+        conn,
+        contacts,
+        [
+            {
+                "email": email,
+                "traits": {},
+                "stage": "lead",
+                "score": 0,
+                "created_at": now,
+                "updated_at": now,
+                **{k: _trait(wanted[email].get(k)) for k in sorted(TRAIT_COLUMNS)},
+            }
+            for email in emails
+        ],
+        conflict=("email",),
     )
-    rows = conn.execute(
-        select(contacts.c.id, contacts.c.email, contacts.c.traits).where(
-            contacts.c.email.in_(emails)
-        )
-    ).all()
-    for id_, email, traits in rows:
-        given = wanted[email]
+    columns = [contacts.c[name] for name in ("id", "email", "traits", *sorted(TRAIT_COLUMNS))]
+    found = conn.execute(select(*columns).where(contacts.c.email.in_(emails))).mappings().all()
+    changes = []
+    for contact in found:
+        given = wanted[contact["email"]]
         if not given:
             continue
-        merged = {**(traits or {}), **{k: v for k, v in given.items() if k not in TRAIT_COLUMNS}}
-        columns = {k: str(v)[:200] for k, v in given.items() if k in TRAIT_COLUMNS and v}
-        conn.execute(
-            update(contacts)
-            .where(contacts.c.id == id_)
-            .values(traits=merged, updated_at=now, **columns)
-        )
-    return {email: id_ for id_, email, _ in rows}
+        traits = {
+            **(contact["traits"] or {}),
+            **{k: v for k, v in given.items() if k not in TRAIT_COLUMNS},
+        }
+        named = {k: _trait(given.get(k)) or contact[k] for k in sorted(TRAIT_COLUMNS)}
+        changes.append({"id": contact["id"], "traits": traits, "updated_at": now, **named})
+    update_rows(conn, contacts, changes, key="id")
+    return {contact["email"]: contact["id"] for contact in found}
 
 
 def _link_identities(
@@ -113,30 +146,32 @@ def _link_identities(
     for identity in found.values():
         wanted[identity["email"]].update(identity["traits"])
     contact_ids = _contacts_by_email(conn, wanted)
-    visitor_table, event_table = Visitor.__table__, Event.__table__
+    links = []
     for key in sorted(found):
         visitor_id, current = visitors[key]
         contact_id = contact_ids[found[key]["email"]]
-        if current == contact_id:
-            continue
-        conn.execute(
-            update(visitor_table)
-            .where(visitor_table.c.id == visitor_id)
-            .values(contact_id=contact_id)
-        )
-        conn.execute(
-            update(event_table)
-            .where(event_table.c.visitor_id == visitor_id, event_table.c.contact_id.is_(None))
-            .values(contact_id=contact_id)
-        )
-        visitors[key] = (visitor_id, contact_id)
+        if current != contact_id:
+            links.append({"id": visitor_id, "contact_id": contact_id})
+            visitors[key] = (visitor_id, contact_id)
+    update_rows(conn, Visitor.__table__, links, key="id")
+    update_rows(
+        conn,
+        Event.__table__,
+        [{"visitor_id": link["id"], "contact_id": link["contact_id"]} for link in links],
+        key="visitor_id",
+        only_where_null="contact_id",
+    )
 
 
-def store_batch(conn: Connection, rows: list[dict[str, Any]]) -> int:
+def store_batch(
+    conn: Connection,
+    rows: list[dict[str, Any]],
+    last_seen_resolution: timedelta = LAST_SEEN_RESOLUTION,
+) -> int:
     """Store a batch of event rows inside the caller's transaction; return how many were new."""
     if not rows:
         return 0
-    visitors = _upsert_visitors(conn, rows)
+    visitors = _upsert_visitors(conn, rows, last_seen_resolution)
     _link_identities(conn, rows, visitors)
     now = utcnow()
     values = []
@@ -145,11 +180,31 @@ def store_batch(conn: Connection, rows: list[dict[str, Any]]) -> int:
         value = {k: v for k, v in row.items() if k != "visitor_key"}
         value.update(visitor_id=visitor_id, contact_id=contact_id, ingested_at=now)
         values.append(value)
-    inserted = 0
-    table = Event.__table__
-    for start in range(0, len(values), CHUNK):
-        stmt = _insert(conn, table).values(values[start : start + CHUNK])
-        # RETURNING counts what was new: rowcount is -1 for this statement on psycopg.
-        stmt = stmt.on_conflict_do_nothing(index_elements=["uuid"]).returning(table.c.id)
-        inserted += len(conn.execute(stmt).all())
-    return inserted
+    # RETURNING counts what was new: rowcount is -1 for these statements on psycopg.
+    new = insert_rows(conn, Event.__table__, values, conflict=("uuid",), returning=("id",))
+    return len(new)
+
+
+def repair_identities(conn: Connection, since: datetime) -> int:
+    """Give identified visitors' anonymous events since `since` to their contact.
+
+    Ingestion does this as it goes; this pass catches events a concurrent
+    worker stored while another committed the identify. Returns events fixed.
+    """
+    events, visitors = Event.__table__, Visitor.__table__
+    owner = (
+        select(visitors.c.contact_id).where(visitors.c.id == events.c.visitor_id).scalar_subquery()
+    )
+    result = conn.execute(
+        update(events)
+        .where(
+            events.c.contact_id.is_(None),
+            events.c.occurred_at >= since,
+            events.c.visitor_id.in_(
+                select(visitors.c.id).where(visitors.c.contact_id.is_not(None))
+            ),
+        )
+        .values(contact_id=owner)
+        .execution_options(synchronize_session=False)
+    )
+    return max(result.rowcount, 0)

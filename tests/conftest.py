@@ -59,6 +59,7 @@ def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
         "BASE_URL": "http://tracker.test",
         "INGEST_BLOCK_MS": 50,
         "SITE_CACHE_SECONDS": 0,
+        "VISITOR_LAST_SEEN_SECONDS": 0,
     }
     config.update(overrides)
     return create_app(config)

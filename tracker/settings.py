@@ -50,6 +50,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("INGEST_JOB_SECONDS", 60, "How long one ingestion job keeps reading before it ends."),
     Setting("INGEST_CONCURRENCY", 1, "Ingestion jobs the scheduler keeps running at once."),
+    Setting(
+        "VISITOR_LAST_SEEN_SECONDS",
+        60,
+        "A known visitor's last_seen is rewritten once it moves by more than this.",
+    ),
     Setting("SCHEDULER_TICK_SECONDS", 1.0, "How often the scheduler checks what to enqueue."),
     Setting("SITE_CACHE_SECONDS", 10, "How long collection trusts its in-memory copy of sites."),
     Setting("MAX_BODY_BYTES", 32768, "Largest request body `POST /e` accepts."),

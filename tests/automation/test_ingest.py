@@ -259,3 +259,68 @@ def test_consumers_of_ended_jobs_are_forgotten(app, client, site):
         names = [c["name"] for c in get_redis(app).xinfo_consumers(stream, group)]
         assert names == [b"holder"]
     assert count(app, Event) == 2
+
+
+def test_a_known_visitor_is_rewritten_only_when_last_seen_moves_enough(app, client, site):
+    app.config["VISITOR_LAST_SEEN_SECONDS"] = 3600
+    post_events(client, site.key, [event()])
+    ingest_all(app)
+    with app.app_context():
+        first = db.session.scalar(select(Visitor.last_seen))
+    post_events(client, site.key, [event()])
+    ingest_all(app)
+    with app.app_context():
+        assert db.session.scalar(select(Visitor.last_seen)) == first
+        assert count(app, Event) == 2
+
+
+def test_repair_gives_events_stored_during_an_identify_race_to_the_contact(app, client, site):
+    from datetime import UTC, datetime, timedelta
+
+    from automation.ingest import repair_recent_identities
+    from automation.store import repair_identities
+
+    post_events(client, site.key, [event("identify", email="ada@example.com")])
+    ingest_all(app)
+    with app.app_context():
+        contact_id = db.session.scalar(select(Contact.id))
+        # What a concurrent worker that read the visitor before the identify stored:
+        late = db.session.scalars(select(Event)).one()
+        db.session.add(
+            Event(
+                uuid=uuid.uuid4(),
+                site_id=late.site_id,
+                visitor_id=late.visitor_id,
+                contact_id=None,
+                type="pageview",
+                url="https://example.com/",
+                occurred_at=datetime.now(UTC),
+            )
+        )
+        db.session.add(
+            Event(
+                uuid=uuid.uuid4(),
+                site_id=late.site_id,
+                visitor_id=late.visitor_id,
+                contact_id=None,
+                type="pageview",
+                url="https://example.com/old",
+                occurred_at=datetime.now(UTC) - timedelta(days=2),
+            )
+        )
+        db.session.commit()
+        assert repair_recent_identities() == 1
+        with db.engine.begin() as conn:
+            assert repair_identities(conn, datetime.now(UTC) - timedelta(days=3)) == 1
+        assert set(db.session.scalars(select(Event.contact_id))) == {contact_id}
+
+
+def test_bulk_insert_raises_sqlalchemy_errors(app, site):
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from automation.bulk import insert_rows
+
+    row = {"site_id": 99999, "key": "k", "first_seen": None, "last_seen": None}
+    with app.app_context(), db.engine.connect() as conn, pytest.raises(IntegrityError):
+        insert_rows(conn, Visitor.__table__, [row], conflict=("site_id", "key"))
