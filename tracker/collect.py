@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Request, Response, current_app, request
 
 from tracker.errors import BadEvent
 from tracker.netaddr import client_ip
@@ -39,8 +39,8 @@ def _host(url: str | None) -> str | None:
         return None
 
 
-def _site(key: str) -> SiteInfo:
-    site = current_app.extensions["sites"].get(key)
+def _site(app: Flask, key: str) -> SiteInfo:
+    site = app.extensions["sites"].get(key)
     if site is None:
         raise BadEvent(
             f"no site has the key {key!r}; create one with `sites create`", "unknown_site", 403
@@ -48,24 +48,29 @@ def _site(key: str) -> SiteInfo:
     return site
 
 
-def _request_origin() -> tuple[str | None, str | None]:
+def _request_origin(req: Request) -> tuple[str | None, str | None]:
     """Return (origin, host) of the page that sent this request, from Origin or Referer."""
-    origin = request.headers.get("Origin")
+    origin = req.headers.get("Origin")
     if origin and origin != "null":
         return origin, _host(origin)
-    referrer = request.headers.get("Referer")
-    return None, _host(referrer)
+    return None, _host(req.headers.get("Referer"))
 
 
-def _stamp(events: list[dict[str, Any]], site: SiteInfo, visitor: str) -> list[bytes]:
+def _client(app: Flask, req: Request) -> tuple[str, str]:
+    """The client's address (believing only trusted proxies) and user agent."""
+    headers = req.headers
+    ip = client_ip(
+        req.remote_addr, headers.get("X-Forwarded-For"), app.extensions["trusted_proxies"]
+    )
+    return ip, (headers.get("User-Agent") or "")[:MAX_USER_AGENT]
+
+
+def _stamp(
+    app: Flask, req: Request, events: list[dict[str, Any]], site: SiteInfo, visitor: str
+) -> list[bytes]:
     """Add what only the server may say: site, visitor, time, address and user agent."""
     now = time.time()
-    ip = client_ip(
-        request.remote_addr,
-        request.headers.get("X-Forwarded-For"),
-        current_app.extensions["trusted_proxies"],
-    )
-    user_agent = (request.headers.get("User-Agent") or "")[:MAX_USER_AGENT]
+    ip, user_agent = _client(app, req)
     stamped = []
     for event in events:
         event.update(site=site.id, visitor=visitor, at=now, ip=ip, ua=user_agent)
@@ -73,22 +78,21 @@ def _stamp(events: list[dict[str, Any]], site: SiteInfo, visitor: str) -> list[b
     return stamped
 
 
-def _accept(stamped: list[bytes]) -> None:
-    current_app.extensions["event_sink"].append(stamped)
-
-
 @bp.post("/e", provide_automatic_options=False)
 def collect() -> Response:
     """Accept one event or a batch from the snippet; answer 204."""
-    limit = current_app.config["MAX_BODY_BYTES"]
-    if request.content_length is not None and request.content_length > limit:
+    # The proxies are looked up once: on this path every lookup shows.
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    limit = app.config["MAX_BODY_BYTES"]
+    if req.content_length is not None and req.content_length > limit:
         raise BadEvent(f"the body is larger than {limit} bytes", "too_large", 413)
-    body = request.stream.read(limit + 1)
+    body = req.stream.read(limit + 1)
     if len(body) > limit:
         raise BadEvent(f"the body is larger than {limit} bytes", "too_large", 413)
-    batch = parse_batch(body, current_app.config["MAX_BATCH_EVENTS"])
-    site = _site(batch.site_key)
-    origin, host = _request_origin()
+    batch = parse_batch(body, app.config["MAX_BATCH_EVENTS"])
+    site = _site(app, batch.site_key)
+    origin, host = _request_origin(req)
     if not site.allows_host(host):
         raise BadEvent(
             f"requests from {host or 'an unknown origin'} are not allowed for this site; "
@@ -102,7 +106,7 @@ def collect() -> Response:
         response.headers["Vary"] = "Origin"
     if batch.dnt and site.respect_dnt:
         return response
-    _accept(_stamp(batch.events, site, batch.visitor))
+    app.extensions["event_sink"].append(_stamp(app, req, batch.events, site, batch.visitor))
     return response
 
 
@@ -122,10 +126,10 @@ def preflight() -> Response:
     return response
 
 
-def _pixel_visitor(site: SiteInfo, ip: str, user_agent: str) -> str:
+def _pixel_visitor(app: Flask, site: SiteInfo, ip: str, user_agent: str) -> str:
     """A visitor id for browsers without JavaScript: a daily hash, never stored client-side."""
     day = datetime.now(UTC).strftime("%Y-%m-%d")
-    secret = current_app.config["SECRET_KEY"]
+    secret = app.config["SECRET_KEY"]
     material = f"{secret}|{site.id}|{ip}|{user_agent}|{day}".encode()
     return "px-" + hashlib.sha256(material).hexdigest()[:32]
 
@@ -133,31 +137,24 @@ def _pixel_visitor(site: SiteInfo, ip: str, user_agent: str) -> str:
 @bp.get("/p.gif")
 def pixel() -> Response:
     """Record a pageview for a browser without JavaScript and answer a 1x1 GIF."""
-    key = request.args.get("k", "")
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    key = req.args.get("k", "")
     if not SITE_RE.fullmatch(key):
         raise BadEvent("'k' must be the site key from `sites create`", "bad_site")
-    site = _site(key)
-    referer = request.headers.get("Referer")
-    url = request.args.get("u") or referer
+    site = _site(app, key)
+    referer = req.headers.get("Referer")
+    url = req.args.get("u") or referer
     if not url:
         raise BadEvent("the pixel needs the page URL: a Referer header or a 'u' parameter")
     event = parse_event(
-        {
-            "type": "pageview",
-            "url": url,
-            "referrer": request.args.get("r"),
-            "title": request.args.get("t"),
-        }
+        {"type": "pageview", "url": url, "referrer": req.args.get("r"), "title": req.args.get("t")}
     )
     if not site.allows_host(_host(referer) or _host(url)):
         raise BadEvent("this page's domain is not allowed for this site", "origin_not_allowed", 403)
-    ip = client_ip(
-        request.remote_addr,
-        request.headers.get("X-Forwarded-For"),
-        current_app.extensions["trusted_proxies"],
-    )
-    visitor = _pixel_visitor(site, ip, request.headers.get("User-Agent", ""))
-    _accept(_stamp([event], site, visitor))
+    ip, user_agent = _client(app, req)
+    visitor = _pixel_visitor(app, site, ip, user_agent)
+    app.extensions["event_sink"].append(_stamp(app, req, [event], site, visitor))
     response = Response(PIXEL, mimetype="image/gif")
     response.headers["Cache-Control"] = NO_CACHE
     response.headers["Pragma"] = "no-cache"
