@@ -115,19 +115,20 @@ def _insert_sqlite(
     tail = "ON CONFLICT ({}) DO NOTHING".format(", ".join(f'"{c}"' for c in conflict))
     if returning:
         tail += " RETURNING " + ", ".join(f'"{c}"' for c in returning)
-    processors = _processors(table, columns, conn.dialect)
-    values: list[Any] = []
-    for row in rows:
-        for column, process in zip(columns, processors, strict=True):
-            value = row[column]
-            values.append(process(value) if process is not None and value is not None else value)
-    per_statement = max(1, SQLITE_MAX_VARIABLES // len(columns))
+    width = len(columns)
+    values: list[Any] = [row[column] for row in rows for column in columns]
+    for offset, process in enumerate(_processors(table, columns, conn.dialect)):
+        if process is not None:
+            for i in range(offset, len(values), width):
+                if values[i] is not None:
+                    values[i] = process(values[i])
+    per_statement = max(1, SQLITE_MAX_VARIABLES // width)
     cursor = conn.connection.driver_connection.cursor()
     found: list[Any] = []
     try:
         for start in range(0, len(rows), per_statement):
             count = min(per_statement, len(rows) - start)
-            chunk = values[start * len(columns) : (start + count) * len(columns)]
+            chunk = values[start * width : (start + count) * width]
             sql = _values_sql(table, columns, count, tail)
             try:
                 cursor.execute(sql, chunk)

@@ -37,6 +37,7 @@ CONSUMER_IDLE_MS = 600_000
 """Consumers idle this long with nothing pending are removed from the group."""
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+FIELD_KEY = FIELD.encode()
 
 
 @dataclass
@@ -139,7 +140,7 @@ class StreamIngestor:
         for entry_id, fields in entries:
             pipe.xadd(
                 self.stream + DEAD_LETTER_SUFFIX,
-                {FIELD: fields.get(FIELD.encode(), b""), "reason": reason[:500], "entry": entry_id},
+                {FIELD: fields.get(FIELD_KEY, b""), "reason": reason[:500], "entry": entry_id},
             )
         pipe.execute()
         self.ack([entry_id for entry_id, _ in entries])
@@ -232,8 +233,8 @@ def repair_recent_identities() -> int:
 
 def _row(entry: Entry) -> dict[str, Any]:
     try:
-        return event_row(json.loads(entry[1][FIELD.encode()]))
-    except (KeyError, ValueError) as e:
+        return event_row(json.loads(entry[1][FIELD_KEY].decode()))
+    except (KeyError, ValueError, UnicodeDecodeError) as e:
         raise MalformedEntry(f"stream entry {entry[0]!r} is not a stamped event: {e!r}") from e
 
 

@@ -113,24 +113,31 @@ def event_row(entry: dict[str, Any]) -> dict[str, Any]:
 def visitor_touches(rows: list[dict[str, Any]]) -> list[VisitorTouch]:
     """Fold a batch's event rows into one touch per (site, visitor), sorted for stable locking."""
     touches: dict[tuple[int, str], VisitorTouch] = {}
-    for row in sorted(rows, key=lambda r: r["occurred_at"]):
+    for row in rows:
         key = (row["site_id"], row["visitor_key"])
+        at = row["occurred_at"]
         touch = touches.get(key)
-        if touch is None:
-            touch = touches[key] = VisitorTouch(
-                site_id=row["site_id"],
-                key=row["visitor_key"],
-                first_seen=row["occurred_at"],
-                last_seen=row["occurred_at"],
-                landing={
-                    "landing_url": row["url"],
-                    "referrer": row["referrer"],
-                    "click_id": row["click_id"],
-                    **{name: row[name] for name in UTM_FIELDS},
-                },
-            )
-        touch.last_seen = row["occurred_at"]
-        touch.user_agent = row["user_agent"]
+        if touch is None or at < touch.first_seen:
+            landing = {
+                "landing_url": row["url"],
+                "referrer": row["referrer"],
+                "click_id": row["click_id"],
+                **{name: row[name] for name in UTM_FIELDS},
+            }
+            if touch is None:
+                touches[key] = VisitorTouch(
+                    row["site_id"],
+                    row["visitor_key"],
+                    at,
+                    at,
+                    landing,
+                    row["user_agent"],
+                    row["is_bot"],
+                )
+                continue
+            touch.first_seen, touch.landing = at, landing
+        if at >= touch.last_seen:
+            touch.last_seen, touch.user_agent = at, row["user_agent"]
         touch.is_bot = touch.is_bot or row["is_bot"]
     return [touches[k] for k in sorted(touches)]
 
