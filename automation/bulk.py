@@ -143,8 +143,8 @@ def _insert_sqlite(
 
 def _sqlite_value(stmt: Any, table: Table, column: str, how: str) -> Any:
     new, old = stmt.excluded[column], table.c[column]
-    if how == "max":
-        return case((new > old, new), else_=old)
+    if how == "max":  # like PostgreSQL's GREATEST: NULL loses
+        return case((old.is_(None), new), (new > old, new), else_=old)
     if how == "new":
         return new
     raise ValueError(f"unknown update rule {how!r} for {column}")

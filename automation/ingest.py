@@ -19,13 +19,16 @@ from typing import Any
 
 import redis
 from flask import current_app
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import DataError, IntegrityError
 
+from automation.dispatch import enqueue_action_runs
+from automation.points import score_batch
 from automation.rows import MalformedEntry, event_row
 from automation.store import repair_identities, store_batch
 from tracker.db import db
 from tracker.models import EventSpool
+from tracker.redis_conn import get_redis
 from tracker.stream import FIELD
 
 log = logging.getLogger(__name__)
@@ -242,15 +245,29 @@ def _last_seen_resolution() -> timedelta:
     return timedelta(seconds=current_app.config["VISITOR_LAST_SEEN_SECONDS"])
 
 
+def _store_and_score(conn: Connection, rows: list[dict[str, Any]]) -> tuple[int, list[int]]:
+    """Store rows and score what they changed, in the caller's transaction.
+
+    Returns how many events were new and the action runs left for workers.
+    """
+    stored = store_batch(conn, rows, _last_seen_resolution())
+    scored = score_batch(
+        conn, stored.new_event_ids + stored.relinked_event_ids, refit=stored.identified_contacts
+    )
+    return stored.stored, scored.queued_runs
+
+
 def store_rows(rows: list[dict[str, Any]]) -> int:
-    """Store event rows in one committed transaction; return how many were new."""
+    """Store and score event rows in one committed transaction; return how many were new."""
     if not rows:
         return 0
     try:
         with db.engine.begin() as conn:
-            return store_batch(conn, rows, _last_seen_resolution())
+            stored, queued = _store_and_score(conn, rows)
     finally:
         db.session.remove()
+    enqueue_action_runs(get_redis(), queued)
+    return stored
 
 
 def drain_spool(limit: int = 200) -> int:
@@ -265,5 +282,7 @@ def drain_spool(limit: int = 200) -> int:
             if not spooled:
                 return stored
             rows = [event_row(event) for _, payload in spooled for event in json.loads(payload)]
-            stored += store_batch(conn, rows, _last_seen_resolution())
+            new, queued = _store_and_score(conn, rows)
             conn.execute(delete(EventSpool).where(EventSpool.id.in_([id_ for id_, _ in spooled])))
+        stored += new
+        enqueue_action_runs(get_redis(), queued)

@@ -30,3 +30,31 @@ def ingest(seconds: float | None = None) -> dict[str, int]:
 def drain() -> int:
     """Store every batch spooled to the database while Redis was down."""
     return drain_spool()
+
+
+def run_action(run_id: int) -> str:
+    """Run one queued action (notify the owner, call a webhook, enrol) exactly once.
+
+    The run is claimed with a conditional UPDATE, so a duplicated job does nothing.
+    A failure is recorded and re-raised, so RQ retries with backoff; after
+    ACTION_MAX_ATTEMPTS the run is marked failed and no longer retried.
+    """
+    from automation.action_runner import claim, execute, finish
+
+    run = claim(run_id)
+    if run is None:
+        return "not queued (done, failed or running elsewhere)"
+    try:
+        status, note = execute(run)
+    except Exception as e:
+        finish(
+            run_id,
+            ok=False,
+            error=f"{type(e).__name__}: {e}",
+            final=run["attempts"] >= current_app.config["ACTION_MAX_ATTEMPTS"],
+        )
+        if run["attempts"] >= current_app.config["ACTION_MAX_ATTEMPTS"]:
+            return f"failed for good after {run['attempts']} attempts: {e}"
+        raise
+    finish(run_id, ok=True, error=note, status=status)
+    return note or status

@@ -7,6 +7,7 @@ visitors by (site, key) and contacts by normalised email.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -137,6 +138,7 @@ def _link_identities(
     conn: Connection,
     rows: list[dict[str, Any]],
     visitors: dict[tuple[int, str], tuple[int, int | None]],
+    batch: StoredBatch,
 ) -> None:
     """Tie identified visitors to their contact and give it their anonymous history."""
     found = identities(rows)
@@ -154,25 +156,48 @@ def _link_identities(
             links.append({"id": visitor_id, "contact_id": contact_id})
             visitors[key] = (visitor_id, contact_id)
     update_rows(conn, Visitor.__table__, links, key="id")
+    events = Event.__table__
     update_rows(
         conn,
-        Event.__table__,
+        events,
         [{"visitor_id": link["id"], "contact_id": link["contact_id"]} for link in links],
         key="visitor_id",
         only_where_null="contact_id",
     )
+    batch.identified_contacts.update(contact_ids.values())
+    if links:
+        # The history just given to a contact is scored for it, like new events.
+        linked = [link["id"] for link in links]
+        batch.relinked_event_ids = list(
+            conn.execute(select(events.c.id).where(events.c.visitor_id.in_(linked))).scalars()
+        )
+
+
+@dataclass
+class StoredBatch:
+    """What storing a batch changed: the new events, and whom identity touched."""
+
+    new_event_ids: list[int] = field(default_factory=list)
+    relinked_event_ids: list[int] = field(default_factory=list)
+    identified_contacts: set[int] = field(default_factory=set)
+
+    @property
+    def stored(self) -> int:
+        """How many events were new."""
+        return len(self.new_event_ids)
 
 
 def store_batch(
     conn: Connection,
     rows: list[dict[str, Any]],
     last_seen_resolution: timedelta = LAST_SEEN_RESOLUTION,
-) -> int:
-    """Store a batch of event rows inside the caller's transaction; return how many were new."""
+) -> StoredBatch:
+    """Store a batch of event rows inside the caller's transaction."""
+    batch = StoredBatch()
     if not rows:
-        return 0
+        return batch
     visitors = _upsert_visitors(conn, rows, last_seen_resolution)
-    _link_identities(conn, rows, visitors)
+    _link_identities(conn, rows, visitors, batch)
     now = utcnow()
     values = []
     for row in rows:
@@ -180,9 +205,10 @@ def store_batch(
         value = {k: v for k, v in row.items() if k != "visitor_key"}
         value.update(visitor_id=visitor_id, contact_id=contact_id, ingested_at=now)
         values.append(value)
-    # RETURNING counts what was new: rowcount is -1 for these statements on psycopg.
+    # RETURNING tells what was new: rowcount is -1 for these statements on psycopg.
     new = insert_rows(conn, Event.__table__, values, conflict=("uuid",), returning=("id",))
-    return len(new)
+    batch.new_event_ids = [id_ for (id_,) in new]
+    return batch
 
 
 def repair_identities(conn: Connection, since: datetime) -> int:

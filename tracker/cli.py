@@ -23,6 +23,8 @@ from tracker.sites import create_site
 
 sites_cli = AppGroup("sites", help="Create and list tracked websites.")
 contacts_cli = AppGroup("contacts", help="Look up contacts.")
+users_cli = AppGroup("users", help="The people leads are handed to (sales) and marketers.")
+automation_cli = AppGroup("automation", help="Scoring rules, thresholds and webhooks.")
 
 
 def script_tag(base_url: str, site: Site) -> str:
@@ -157,6 +159,62 @@ def contacts_show(email: str) -> None:
     click.echo(json.dumps(report, indent=2, ensure_ascii=False))
 
 
+@users_cli.command("add")
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option(
+    "--role", type=click.Choice(["sales", "marketer"]), default="sales", show_default=True
+)
+def users_add(email: str, name: str, role: str) -> None:
+    """Add a user (salespeople take part in round-robin assignment)."""
+    from tracker.models import User
+
+    email = normalise_email(email)
+    if db.session.scalar(select(User).where(User.email == email)):
+        raise click.ClickException(f"a user with the email {email!r} exists already")
+    db.session.add(User(email=email, name=name, role=role))
+    db.session.commit()
+    click.echo(f"added {role} {name} <{email}>")
+
+
+@users_cli.command("list")
+def users_list() -> None:
+    """List users."""
+    from tracker.models import User
+
+    for user in db.session.scalars(select(User).order_by(User.id)):
+        state = "" if user.active else "\t(inactive)"
+        click.echo(f"{user.id}\t{user.role}\t{user.name} <{user.email}>{state}")
+
+
+@automation_cli.command("load")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def automation_load(path: str) -> None:
+    """Create or update (by name) the rules, thresholds and webhooks in a YAML/JSON file."""
+    from automation.config_file import ConfigFileError, parse
+    from automation.config_store import apply
+
+    try:
+        spec = parse(Path(path).read_text(encoding="utf-8"), path)
+        with db.engine.begin() as conn:
+            counts = apply(conn, spec, path)
+    except ConfigFileError as e:
+        raise click.ClickException("nothing was changed:\n" + "\n".join(e.problems)) from e
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"{path} is not UTF-8 text") from e
+    click.echo(", ".join(f"{n} {what}" for what, n in counts.items()) + " loaded")
+
+
+@automation_cli.command("show")
+@click.option("--with-secrets", is_flag=True, help="Print webhook secrets instead of hiding them.")
+def automation_show(with_secrets: bool) -> None:
+    """Print the rules, thresholds and webhooks as a file `automation load` takes back."""
+    from automation.config_store import export
+
+    with db.engine.connect() as conn:
+        click.echo(export(conn, secrets=with_secrets), nl=False)
+
+
 @click.command("worker")
 @with_appcontext
 @click.option(
@@ -242,9 +300,12 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     demo_url = f"http://{host}:{demo_port}"
 
     app_spec = "tracker:create_app()"
+    flask = [sys.executable, "-m", "flask", "--app", app_spec]
+    # Ingestion jobs read the stream for a minute at a time: actions get their own worker.
     children = [
-        subprocess.Popen([sys.executable, "-m", "flask", "--app", app_spec, "worker"]),
-        subprocess.Popen([sys.executable, "-m", "flask", "--app", app_spec, "scheduler"]),
+        subprocess.Popen([*flask, "worker", "--queues", "ingest"]),
+        subprocess.Popen([*flask, "worker", "--queues", "default"]),
+        subprocess.Popen([*flask, "scheduler"]),
     ]
     demo = make_server(host, demo_port, create_demo_app(tracker_url, site.key), threaded=True)
     threading.Thread(target=demo.serve_forever, daemon=True).start()
@@ -269,7 +330,15 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
                 child.kill()
 
 
-OPERATOR_COMMANDS = (sites_cli, contacts_cli, worker_command, scheduler_command, dev_command)
+OPERATOR_COMMANDS = (
+    sites_cli,
+    contacts_cli,
+    users_cli,
+    automation_cli,
+    worker_command,
+    scheduler_command,
+    dev_command,
+)
 
 
 def register(app: Flask) -> None:

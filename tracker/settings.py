@@ -57,6 +57,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("SCHEDULER_TICK_SECONDS", 1.0, "How often the scheduler checks what to enqueue."),
     Setting("SITE_CACHE_SECONDS", 10, "How long collection trusts its in-memory copy of sites."),
+    Setting(
+        "SMTP_URL",
+        "",
+        "smtp://user:pass@host:587?starttls=1 or smtps://…; empty: mail goes to instance/outbox.",
+    ),
+    Setting("MAIL_FROM", "Closed Loop <closedloop@localhost>", "Sender of notifications."),
+    Setting("ACTION_MAX_ATTEMPTS", 6, "Tries of a failing action (webhook, mail) before it fails."),
     Setting("MAX_BODY_BYTES", 32768, "Largest request body `POST /e` accepts."),
     Setting("MAX_BATCH_EVENTS", 50, "Most events one `POST /e` request may carry."),
 )

@@ -1,0 +1,283 @@
+"""Read a rules file (YAML or JSON): scoring rules, thresholds and webhooks, by name.
+
+`parse` turns text into checked specs, or raises ConfigFileError listing every
+problem with its line; `apply` writes the specs in one transaction, updating
+what already exists by name. Nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from automation.scoring import RuleError, make_rule
+from automation.thresholds import ThresholdError, check_action, make_threshold
+from tracker.errors import ClosedLoopError
+
+SECTIONS = ("rules", "thresholds", "webhooks")
+RULE_FIELDS = {
+    "name",
+    "kind",
+    "event",
+    "site",
+    "when",
+    "points",
+    "max_times",
+    "once_per",
+    "first_time_only",
+    "enabled",
+}
+THRESHOLD_FIELDS = {"name", "score", "at_least", "segment", "stage", "refire", "actions", "enabled"}
+WEBHOOK_FIELDS = {"name", "url", "secret"}
+ACTION_SHORTHAND = {
+    "set_stage": "stage",
+    "webhook": "webhook",
+    "enrol": "sequence",
+    "add_tag": "tag",
+    "remove_tag": "tag",
+}
+DURATION = re.compile(r"(\d+)\s*([smhdw])")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigFileError(ClosedLoopError):
+    """The file cannot be applied; `problems` says where and why, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Mapping(dict):
+    line: int = 0
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader whose mappings remember the line they start on."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
+    mapping = _Mapping(loader.construct_mapping(node, deep=True))
+    mapping.line = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclass
+class RuleSpec:
+    name: str
+    kind: str
+    points: int
+    event_type: str | None = None
+    site: str | None = None
+    conditions: dict[str, Any] = field(default_factory=dict)
+    max_times: int | None = None
+    once_per_seconds: int | None = None
+    first_time_only: bool = False
+    enabled: bool = True
+    line: int = 0
+
+
+@dataclass
+class ThresholdSpecFile:
+    name: str
+    score: str
+    minimum: int
+    segment: str | None = None
+    stage: str | None = None
+    refire: bool = False
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    enabled: bool = True
+    line: int = 0
+
+
+@dataclass
+class WebhookSpec:
+    name: str
+    url: str
+    secret: str
+    line: int = 0
+
+
+@dataclass
+class AutomationSpec:
+    """Everything a rules file says, checked."""
+
+    rules: list[RuleSpec] = field(default_factory=list)
+    thresholds: list[ThresholdSpecFile] = field(default_factory=list)
+    webhooks: list[WebhookSpec] = field(default_factory=list)
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds in "1d", "12h", "30m", "1w 2d" or a plain number of seconds."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        parts = DURATION.findall(text)
+        if parts and DURATION.sub("", text).strip() == "":
+            return sum(int(n) * UNIT_SECONDS[unit] for n, unit in parts)
+    raise ValueError(f"{value!r} is not a duration such as 30m, 12h, 1d or 2w")
+
+
+def _action(raw: Any) -> dict[str, Any]:
+    """Expand an action's short forms: "notify_owner", {set_stage: mql}, {assign_owner: …}."""
+    if isinstance(raw, str):
+        return {"type": raw}
+    if not isinstance(raw, dict):
+        raise ThresholdError(f"an action must be a name or a mapping, not {raw!r}")
+    if "type" in raw:
+        return {k: v for k, v in raw.items()}
+    if len(raw) != 1:
+        raise ThresholdError(
+            f"an action is one of its short forms, e.g. {{set_stage: mql}}; got {sorted(raw)}"
+        )
+    ((kind, value),) = raw.items()
+    if kind == "assign_owner":
+        return {
+            "type": kind,
+            **({"round_robin": True} if value == "round_robin" else {"owner": value}),
+        }
+    if kind in ACTION_SHORTHAND:
+        return {"type": kind, ACTION_SHORTHAND[kind]: value}
+    return {"type": kind}
+
+
+def _check_fields(item: Any, allowed: set[str], what: str, where: str, problems: list[str]) -> bool:
+    if not isinstance(item, dict):
+        problems.append(f"{where}: each {what} must be a mapping")
+        return False
+    for key in sorted(set(item) - allowed):
+        problems.append(
+            f"{where}: {what} {item.get('name', '?')!r}: unknown field {key!r} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+    if not isinstance(item.get("name"), str) or not item["name"].strip():
+        problems.append(f"{where}: every {what} needs a 'name'")
+        return False
+    return not (set(item) - allowed)
+
+
+def _rule(item: dict[str, Any]) -> RuleSpec:
+    kind = item.get("kind", "engagement")
+    once_per = item.get("once_per")
+    spec = RuleSpec(
+        name=item["name"].strip(),
+        kind=kind,
+        points=item.get("points"),
+        event_type=item.get("event"),
+        site=item.get("site"),
+        conditions=dict(item.get("when") or {}),
+        max_times=item.get("max_times"),
+        once_per_seconds=parse_duration(once_per) if once_per is not None else None,
+        first_time_only=bool(item.get("first_time_only", False)),
+        enabled=bool(item.get("enabled", True)),
+    )
+    if not isinstance(spec.points, int) or isinstance(spec.points, bool):
+        raise RuleError(f"'points' must be a whole number, not {spec.points!r}")
+    make_rule(
+        0,
+        spec.name,
+        spec.kind,
+        spec.points,
+        event_type=spec.event_type,
+        conditions=spec.conditions,
+        max_times=spec.max_times,
+        once_per_seconds=spec.once_per_seconds,
+        first_time_only=spec.first_time_only,
+    )
+    return spec
+
+
+def _threshold(item: dict[str, Any]) -> ThresholdSpecFile:
+    actions = item.get("actions") or []
+    if not isinstance(actions, list):
+        raise ThresholdError("'actions' must be a list")
+    spec = ThresholdSpecFile(
+        name=item["name"].strip(),
+        score=item.get("score", "total"),
+        minimum=item.get("at_least"),
+        segment=item.get("segment"),
+        stage=item.get("stage"),
+        refire=bool(item.get("refire", False)),
+        actions=[_action(a) for a in actions],
+        enabled=bool(item.get("enabled", True)),
+    )
+    if spec.minimum is None:
+        raise ThresholdError("'at_least' (the score to reach) is required")
+    make_threshold(
+        0,
+        spec.name,
+        spec.score,
+        spec.minimum,
+        stage=spec.stage,
+        refire=spec.refire,
+        actions=spec.actions,
+    )
+    for action in spec.actions:
+        check_action(action)
+    return spec
+
+
+def _webhook(item: dict[str, Any]) -> WebhookSpec:
+    url, secret = item.get("url"), item.get("secret")
+    if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
+        raise ValueError(f"'url' must be an http(s) URL, not {url!r}")
+    if not isinstance(secret, str) or len(secret) < 16:
+        raise ValueError("'secret' must be a string of at least 16 characters (it signs calls)")
+    return WebhookSpec(item["name"].strip(), url, secret)
+
+
+def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
+    """Check a rules file; raise ConfigFileError naming every problem and its line."""
+    try:
+        document = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigFileError(
+            [f"{filename}{line}: not valid YAML or JSON: {getattr(e, 'problem', e)}"]
+        ) from e
+    if document is None:
+        document = _Mapping()
+    if not isinstance(document, dict):
+        sections = ", ".join(SECTIONS)
+        raise ConfigFileError([f"{filename}:1: the file must be a mapping of {sections}"])
+    problems: list[str] = []
+    for key in sorted(set(document) - set(SECTIONS)):
+        problems.append(
+            f"{filename}:{document.line}: unknown section {key!r} (allowed: {', '.join(SECTIONS)})"
+        )
+    spec = AutomationSpec()
+    for section, allowed, build, target, what in (
+        ("rules", RULE_FIELDS, _rule, spec.rules, "rule"),
+        ("thresholds", THRESHOLD_FIELDS, _threshold, spec.thresholds, "threshold"),
+        ("webhooks", WEBHOOK_FIELDS, _webhook, spec.webhooks, "webhook"),
+    ):
+        items = document.get(section) or []
+        if not isinstance(items, list):
+            problems.append(f"{filename}:{document.line}: {section!r} must be a list")
+            continue
+        seen: set[str] = set()
+        for item in items:
+            where = f"{filename}:{getattr(item, 'line', document.line)}"
+            if not _check_fields(item, allowed, what, where, problems):
+                continue
+            if item["name"].strip() in seen:
+                problems.append(f"{where}: {what} {item['name']!r} appears twice")
+                continue
+            seen.add(item["name"].strip())
+            try:
+                built = build(item)
+                built.line = getattr(item, "line", 0)
+                target.append(built)
+            except (RuleError, ThresholdError, ValueError, TypeError) as e:
+                problems.append(f"{where}: {what} {item['name']!r}: {e}")
+    if problems:
+        raise ConfigFileError(problems)
+    return spec

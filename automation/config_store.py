@@ -1,0 +1,191 @@
+"""Write a checked rules file to the database by name, and read it back out as YAML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from sqlalchemy import Connection, or_, select
+
+from automation.bulk import insert_rows
+from automation.config_file import AutomationSpec, ConfigFileError
+from tracker.automation_models import ScoringRule, Segment, Threshold, Webhook
+from tracker.models import Site, utcnow
+
+
+def _site_ids(conn: Connection, spec: AutomationSpec, filename: str) -> dict[str, int]:
+    wanted = {r.site for r in spec.rules if r.site}
+    found: dict[str, int] = {}
+    problems = []
+    for ref in sorted(wanted):
+        site_id = conn.execute(
+            select(Site.id).where(or_(Site.key == ref, Site.name == ref))
+        ).scalar()
+        if site_id is None:
+            for id_, domains in conn.execute(select(Site.id, Site.domains)):
+                if ref.lower() in (domains or []):
+                    site_id = id_
+        if site_id is None:
+            line = next(r.line for r in spec.rules if r.site == ref)
+            problems.append(f"{filename}:{line}: no site has the key, name or domain {ref!r}")
+        else:
+            found[ref] = site_id
+    if problems:
+        raise ConfigFileError(problems)
+    return found
+
+
+def _segment_ids(conn: Connection, spec: AutomationSpec, filename: str) -> dict[str, int]:
+    found, problems = {}, []
+    for threshold in spec.thresholds:
+        if threshold.segment:
+            segment_id = conn.execute(
+                select(Segment.id).where(Segment.name == threshold.segment)
+            ).scalar()
+            if segment_id is None:
+                problems.append(
+                    f"{filename}:{threshold.line}: no segment named {threshold.segment!r}"
+                )
+            else:
+                found[threshold.segment] = segment_id
+    webhooks = {w.name for w in spec.webhooks} | set(conn.execute(select(Webhook.name)).scalars())
+    for threshold in spec.thresholds:
+        for action in threshold.actions:
+            if action["type"] == "webhook" and action["webhook"] not in webhooks:
+                problems.append(
+                    f"{filename}:{threshold.line}: threshold {threshold.name!r}: "
+                    f"no webhook named {action['webhook']!r}"
+                )
+    if problems:
+        raise ConfigFileError(problems)
+    return found
+
+
+def apply(conn: Connection, spec: AutomationSpec, filename: str = "<rules>") -> dict[str, int]:
+    """Create or update (by name) everything in `spec`, in the caller's transaction."""
+    sites = _site_ids(conn, spec, filename)
+    segments = _segment_ids(conn, spec, filename)
+    now = utcnow()
+    insert_rows(
+        conn,
+        Webhook.__table__,
+        [{"name": w.name, "url": w.url, "secret": w.secret, "failures": 0} for w in spec.webhooks],
+        conflict=("name",),
+        update={"url": "new", "secret": "new"},
+    )
+    insert_rows(
+        conn,
+        ScoringRule.__table__,
+        [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "event_type": r.event_type,
+                "site_id": sites.get(r.site) if r.site else None,
+                "conditions": r.conditions,
+                "points": r.points,
+                "max_times": r.max_times,
+                "once_per_seconds": r.once_per_seconds,
+                "first_time_only": r.first_time_only,
+                "enabled": r.enabled,
+                "updated_at": now,
+            }
+            for r in spec.rules
+        ],
+        conflict=("name",),
+        update={
+            c: "new"
+            for c in (
+                "kind",
+                "event_type",
+                "site_id",
+                "conditions",
+                "points",
+                "max_times",
+                "once_per_seconds",
+                "first_time_only",
+                "enabled",
+                "updated_at",
+            )
+        },
+    )
+    insert_rows(
+        conn,
+        Threshold.__table__,
+        [
+            {
+                "name": t.name,
+                "score": t.score,
+                "minimum": t.minimum,
+                "segment_id": segments.get(t.segment) if t.segment else None,
+                "stage": t.stage,
+                "refire": t.refire,
+                "actions": t.actions,
+                "enabled": t.enabled,
+                "updated_at": now,
+            }
+            for t in spec.thresholds
+        ],
+        conflict=("name",),
+        update={
+            c: "new"
+            for c in (
+                "score",
+                "minimum",
+                "segment_id",
+                "stage",
+                "refire",
+                "actions",
+                "enabled",
+                "updated_at",
+            )
+        },
+    )
+    return {
+        "rules": len(spec.rules),
+        "thresholds": len(spec.thresholds),
+        "webhooks": len(spec.webhooks),
+    }
+
+
+def export(conn: Connection, secrets: bool = False) -> str:
+    """Everything configured, as a rules file that `automation load` takes back.
+
+    Webhook secrets are masked unless `secrets`.
+    """
+    sites = dict(conn.execute(select(Site.id, Site.key)).all())
+    segments = dict(conn.execute(select(Segment.id, Segment.name)).all())
+    rules: list[dict[str, Any]] = []
+    for r in conn.execute(select(ScoringRule.__table__).order_by(ScoringRule.id)):
+        rule = {
+            "name": r.name,
+            "kind": r.kind,
+            "event": r.event_type,
+            "site": sites.get(r.site_id),
+            "when": r.conditions or None,
+            "points": r.points,
+            "max_times": r.max_times,
+            "once_per": r.once_per_seconds,
+            "first_time_only": r.first_time_only or None,
+            "enabled": None if r.enabled else False,
+        }
+        rules.append({k: v for k, v in rule.items() if v is not None})
+    thresholds = []
+    for t in conn.execute(select(Threshold.__table__).order_by(Threshold.id)):
+        threshold = {
+            "name": t.name,
+            "score": t.score,
+            "at_least": t.minimum,
+            "segment": segments.get(t.segment_id),
+            "stage": t.stage,
+            "refire": t.refire or None,
+            "actions": t.actions or None,
+            "enabled": None if t.enabled else False,
+        }
+        thresholds.append({k: v for k, v in threshold.items() if v is not None})
+    webhooks = [
+        {"name": w.name, "url": w.url, "secret": w.secret if secrets else "(hidden)"}
+        for w in conn.execute(select(Webhook.__table__).order_by(Webhook.id))
+    ]
+    document = {"rules": rules, "thresholds": thresholds, "webhooks": webhooks}
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
