@@ -58,3 +58,37 @@ def run_action(run_id: int) -> str:
         raise
     finish(run_id, ok=True, error=note, status=status)
     return note or status
+
+
+SWEEP_AFTER_SECONDS = 300
+"""A run still queued this long after it was created is checked for a lost job."""
+
+
+def sweep_action_runs() -> int:
+    """Re-enqueue queued action runs whose job was lost (say, a crash after the commit)."""
+    from datetime import timedelta
+
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from sqlalchemy import select
+
+    from automation.dispatch import enqueue_action_runs
+    from tracker.automation_models import ActionRun
+    from tracker.db import db
+    from tracker.models import utcnow
+
+    cutoff = utcnow() - timedelta(seconds=SWEEP_AFTER_SECONDS)
+    run_ids = db.session.scalars(
+        select(ActionRun.id).where(ActionRun.status == "queued", ActionRun.created_at < cutoff)
+    ).all()
+    db.session.remove()
+    client = get_redis()
+    lost = []
+    for run_id in run_ids:
+        try:
+            status = Job.fetch(f"action-run-{run_id}", connection=client).get_status()
+        except NoSuchJobError:
+            status = None
+        if status not in {"queued", "started", "scheduled", "deferred"}:
+            lost.append(run_id)
+    return enqueue_action_runs(client, lost)

@@ -66,6 +66,25 @@ def ensure_ingestion(client: redis.Redis, concurrency: int, job_seconds: float) 
     return added
 
 
+PERIODIC: tuple[tuple[str, int], ...] = (("automation.jobs.sweep_action_runs", 60),)
+"""Jobs enqueued every so many seconds: (dotted name, interval)."""
+
+
+def enqueue_periodic(client: redis.Redis, periodic: tuple[tuple[str, int], ...] = PERIODIC) -> int:
+    """Enqueue each periodic job whose interval has passed; return how many.
+
+    The interval is a Redis key with that lifetime, so a restarted or newly
+    elected scheduler keeps the rhythm instead of starting over.
+    """
+    queue = Queue("default", connection=client)
+    count = 0
+    for name, seconds in periodic:
+        if client.set(f"cl:periodic:{name}", "1", nx=True, ex=seconds):
+            queue.enqueue(name, job_timeout=max(seconds * 5, 300), result_ttl=600)
+            count += 1
+    return count
+
+
 def tick(app: Flask, lock: LeaderLock) -> None:
     """One scheduler beat: if this instance leads, enqueue what is due."""
     client = get_redis(app)
@@ -73,6 +92,7 @@ def tick(app: Flask, lock: LeaderLock) -> None:
         if not lock.acquire_or_renew():
             return
         ensure_ingestion(client, app.config["INGEST_CONCURRENCY"], app.config["INGEST_JOB_SECONDS"])
+        enqueue_periodic(client)
     except redis.RedisError as e:
         log.warning("scheduler tick skipped, Redis unavailable: %s", e)
 

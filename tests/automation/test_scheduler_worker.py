@@ -61,3 +61,56 @@ def test_a_real_worker_runs_the_ingestion_job(app, client, site):
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Event)) == 2
     assert get_redis(app).xlen(app.config["EVENT_STREAM"]) == 0
+
+
+def test_periodic_jobs_are_enqueued_once_per_interval(app):
+    from automation.scheduler import enqueue_periodic
+
+    redis = get_redis(app)
+    periodic = (("automation.jobs.sweep_action_runs", 60),)
+    assert enqueue_periodic(redis, periodic) == 1
+    assert enqueue_periodic(redis, periodic) == 0  # not due again for a minute
+    assert Queue("default", connection=redis).count == 1
+
+
+def test_a_queued_run_whose_job_was_lost_is_enqueued_again(app, site):
+    from datetime import timedelta
+
+    from automation.jobs import sweep_action_runs
+    from tracker.automation_models import ActionRun, Threshold
+    from tracker.models import Contact, utcnow
+
+    with app.app_context():
+        contact = Contact(email="ada@example.com", traits={})
+        threshold = Threshold(
+            name="MQL", score="total", minimum=1, actions=[{"type": "notify_owner"}]
+        )
+        db.session.add_all([contact, threshold])
+        db.session.flush()
+        old = utcnow() - timedelta(minutes=10)
+        db.session.add_all(
+            [
+                ActionRun(
+                    threshold_id=threshold.id,
+                    contact_id=contact.id,
+                    firing=1,
+                    position=0,
+                    type="notify_owner",
+                    status="queued",
+                    created_at=old,
+                ),
+                ActionRun(
+                    threshold_id=threshold.id,
+                    contact_id=contact.id,
+                    firing=2,
+                    position=0,
+                    type="notify_owner",
+                    status="queued",
+                    created_at=utcnow(),
+                ),
+            ]
+        )
+        db.session.commit()
+        assert sweep_action_runs() == 1  # the old one; the new one may still be in flight
+        assert sweep_action_runs() == 0  # its job is queued now
+    assert len(Queue("default", connection=get_redis(app)).job_ids) == 1
