@@ -227,15 +227,10 @@ def score_batch(
         }
         for a in awards
     ]
-    engagement: dict[int, int] = defaultdict(int)
-    for award in awards:
-        engagement[award.contact_id] += award.delta
     fit_rules = [r for r in rulebook.rules if r.kind == FIT]
-    fits: dict[int, int] = {}
-    for contact_id in set(refit) & contacts.keys():
+    for contact_id in sorted(set(refit) & contacts.keys()):
         fit = fit_score(fit_rules, _attributes(contacts[contact_id]))
         if fit != contacts[contact_id]["fit_score"]:
-            fits[contact_id] = fit
             entries.append(
                 {
                     "contact_id": contact_id,
@@ -248,12 +243,40 @@ def score_batch(
                     "created_at": now,
                 }
             )
-    insert_rows(conn, PointsEntry.__table__, entries, conflict=("rule_id", "event_id"))
+    apply_entries(conn, rulebook, contacts, entries, now, result)
+    return result
+
+
+def apply_entries(
+    conn: Connection,
+    rulebook: Rulebook,
+    contacts: dict[int, dict[str, Any]],
+    entries: list[dict[str, Any]],
+    now: datetime,
+    result: ScoringResult,
+) -> None:
+    """Write points entries, move the scores by what was really written, run thresholds.
+
+    An award already in the log (same rule and event) is skipped by the insert
+    and so moves no score: a re-scored event never counts twice.
+    """
+    written = insert_rows(
+        conn,
+        PointsEntry.__table__,
+        entries,
+        conflict=("rule_id", "event_id"),
+        returning=("contact_id", "kind", "delta"),
+    )
+    engagement: dict[int, int] = defaultdict(int)
+    fits: dict[int, int] = defaultdict(int)
+    result.awards += sum(1 for _, kind, _ in written if kind == ENGAGEMENT)
+    for contact_id, kind, delta in written:
+        (engagement if kind == ENGAGEMENT else fits)[contact_id] += delta
     changed = []
     for contact_id in sorted(engagement.keys() | fits.keys()):
         contact = contacts[contact_id]
         contact["engagement_score"] += engagement.get(contact_id, 0)
-        contact["fit_score"] = fits.get(contact_id, contact["fit_score"])
+        contact["fit_score"] += fits.get(contact_id, 0)
         changed.append(
             {
                 "id": contact_id,
@@ -264,10 +287,9 @@ def score_batch(
             }
         )
     update_rows(conn, Contact.__table__, changed, key="id")
-    result.awards, result.contacts = len(awards), len(changed)
+    result.contacts = len(changed)
     if rulebook.thresholds and changed:
         _run_thresholds(conn, rulebook, contacts, [c["id"] for c in changed], now, result)
-    return result
 
 
 def _segments(conn: Connection, contact_ids: list[int]) -> dict[int, set[int]]:

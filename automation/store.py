@@ -157,6 +157,16 @@ def _link_identities(
             visitors[key] = (visitor_id, contact_id)
     update_rows(conn, Visitor.__table__, links, key="id")
     events = Event.__table__
+    if links:
+        # The anonymous history about to be given to a contact is scored for it.
+        linked = [link["id"] for link in links]
+        batch.relinked_event_ids = list(
+            conn.execute(
+                select(events.c.id).where(
+                    events.c.visitor_id.in_(linked), events.c.contact_id.is_(None)
+                )
+            ).scalars()
+        )
     update_rows(
         conn,
         events,
@@ -165,12 +175,6 @@ def _link_identities(
         only_where_null="contact_id",
     )
     batch.identified_contacts.update(contact_ids.values())
-    if links:
-        # The history just given to a contact is scored for it, like new events.
-        linked = [link["id"] for link in links]
-        batch.relinked_event_ids = list(
-            conn.execute(select(events.c.id).where(events.c.visitor_id.in_(linked))).scalars()
-        )
 
 
 @dataclass

@@ -276,3 +276,43 @@ def test_ingestion_enqueues_the_actions_for_workers(app, client, site, tmp_path)
         runs = db.session.scalars(select(ActionRun.id).where(ActionRun.status == "queued")).all()
     assert sorted(queued) == sorted(f"action-run-{r}" for r in runs)
     assert INGEST_QUEUE not in queued
+
+
+def test_scoring_the_same_events_again_changes_nothing(app, client, site, tmp_path):
+    from automation.points import score_batch
+    from tracker.models import Event
+
+    load(app, tmp_path)
+    post_events(
+        client,
+        site.key,
+        [event("identify", email="ada@example.com"), event(url="https://example.com/pricing")],
+    )
+    ingest_all(app)
+    before = contact(app).engagement_score
+    assert before == 10
+    with app.app_context(), db.engine.begin() as conn:
+        ids = db.session.scalars(select(Event.id)).all()
+        result = score_batch(conn, ids)
+    assert result.awards == 0
+    assert contact(app).engagement_score == before
+
+
+def test_a_browser_identifying_as_someone_else_does_not_rescore_history(
+    app, client, site, tmp_path
+):
+    load(app, tmp_path)
+    post_events(
+        client,
+        site.key,
+        [event("identify", email="ada@example.com"), event(url="https://example.com/pricing")],
+    )
+    ingest_all(app)
+    post_events(
+        client,
+        site.key,
+        [event("identify", email="bob@example.com"), event(url="https://example.com/pricing/b")],
+    )
+    ingest_all(app)
+    assert contact(app, "ada@example.com").engagement_score == 10
+    assert contact(app, "bob@example.com").engagement_score == 10
