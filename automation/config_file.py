@@ -13,11 +13,12 @@ from typing import Any
 
 import yaml
 
+from automation.decay import DecayError, make_policy
 from automation.scoring import RuleError, make_rule
 from automation.thresholds import ThresholdError, check_action, make_threshold
 from tracker.errors import ClosedLoopError
 
-SECTIONS = ("rules", "thresholds", "webhooks")
+SECTIONS = ("rules", "thresholds", "webhooks", "decay")
 RULE_FIELDS = {
     "name",
     "kind",
@@ -32,6 +33,7 @@ RULE_FIELDS = {
 }
 THRESHOLD_FIELDS = {"name", "score", "at_least", "segment", "stage", "refire", "actions", "enabled"}
 WEBHOOK_FIELDS = {"name", "url", "secret"}
+DECAY_FIELDS = {"name", "site", "expire_after_days", "drop_percent", "every_days", "enabled"}
 ACTION_SHORTHAND = {
     "set_stage": "stage",
     "webhook": "webhook",
@@ -105,12 +107,24 @@ class WebhookSpec:
 
 
 @dataclass
+class DecaySpec:
+    name: str
+    site: str | None = None
+    expire_after_days: int | None = None
+    drop_percent: int | None = None
+    every_days: int | None = None
+    enabled: bool = True
+    line: int = 0
+
+
+@dataclass
 class AutomationSpec:
     """Everything a rules file says, checked."""
 
     rules: list[RuleSpec] = field(default_factory=list)
     thresholds: list[ThresholdSpecFile] = field(default_factory=list)
     webhooks: list[WebhookSpec] = field(default_factory=list)
+    decay: list[DecaySpec] = field(default_factory=list)
 
 
 def parse_duration(value: Any) -> int:
@@ -233,6 +247,25 @@ def _webhook(item: dict[str, Any]) -> WebhookSpec:
     return WebhookSpec(item["name"].strip(), url, secret)
 
 
+def _decay(item: dict[str, Any]) -> DecaySpec:
+    spec = DecaySpec(
+        name=item["name"].strip(),
+        site=item.get("site"),
+        expire_after_days=item.get("expire_after_days"),
+        drop_percent=item.get("drop_percent"),
+        every_days=item.get("every_days"),
+        enabled=bool(item.get("enabled", True)),
+    )
+    make_policy(
+        0,
+        spec.name,
+        expire_after_days=spec.expire_after_days,
+        drop_percent=spec.drop_percent,
+        every_days=spec.every_days,
+    )
+    return spec
+
+
 def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
     """Check a rules file; raise ConfigFileError naming every problem and its line."""
     try:
@@ -258,6 +291,7 @@ def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
         ("rules", RULE_FIELDS, _rule, spec.rules, "rule"),
         ("thresholds", THRESHOLD_FIELDS, _threshold, spec.thresholds, "threshold"),
         ("webhooks", WEBHOOK_FIELDS, _webhook, spec.webhooks, "webhook"),
+        ("decay", DECAY_FIELDS, _decay, spec.decay, "decay policy"),
     ):
         items = document.get(section) or []
         if not isinstance(items, list):
@@ -276,7 +310,7 @@ def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
                 built = build(item)
                 built.line = getattr(item, "line", 0)
                 target.append(built)
-            except (RuleError, ThresholdError, ValueError, TypeError) as e:
+            except (RuleError, ThresholdError, DecayError, ValueError, TypeError) as e:
                 problems.append(f"{where}: {what} {item['name']!r}: {e}")
     if problems:
         raise ConfigFileError(problems)

@@ -9,12 +9,13 @@ from sqlalchemy import Connection, or_, select
 
 from automation.bulk import insert_rows
 from automation.config_file import AutomationSpec, ConfigFileError
-from tracker.automation_models import ScoringRule, Segment, Threshold, Webhook
+from tracker.automation_models import DecayPolicy, ScoringRule, Segment, Threshold, Webhook
 from tracker.models import Site, utcnow
 
 
 def _site_ids(conn: Connection, spec: AutomationSpec, filename: str) -> dict[str, int]:
-    wanted = {r.site for r in spec.rules if r.site}
+    referring = [*spec.rules, *spec.decay]
+    wanted = {r.site for r in referring if r.site}
     found: dict[str, int] = {}
     problems = []
     for ref in sorted(wanted):
@@ -26,7 +27,7 @@ def _site_ids(conn: Connection, spec: AutomationSpec, filename: str) -> dict[str
                 if ref.lower() in (domains or []):
                     site_id = id_
         if site_id is None:
-            line = next(r.line for r in spec.rules if r.site == ref)
+            line = next(r.line for r in referring if r.site == ref)
             problems.append(f"{filename}:{line}: no site has the key, name or domain {ref!r}")
         else:
             found[ref] = site_id
@@ -141,10 +142,31 @@ def apply(conn: Connection, spec: AutomationSpec, filename: str = "<rules>") -> 
             )
         },
     )
+    insert_rows(
+        conn,
+        DecayPolicy.__table__,
+        [
+            {
+                "name": d.name,
+                "site_id": sites.get(d.site) if d.site else None,
+                "mode": "expire" if d.expire_after_days else "percent",
+                "window_days": d.expire_after_days,
+                "percent": d.drop_percent,
+                "every_days": d.every_days,
+                "enabled": d.enabled,
+            }
+            for d in spec.decay
+        ],
+        conflict=("name",),
+        update={
+            c: "new" for c in ("site_id", "mode", "window_days", "percent", "every_days", "enabled")
+        },
+    )
     return {
         "rules": len(spec.rules),
         "thresholds": len(spec.thresholds),
         "webhooks": len(spec.webhooks),
+        "decay policies": len(spec.decay),
     }
 
 
@@ -187,5 +209,16 @@ def export(conn: Connection, secrets: bool = False) -> str:
         {"name": w.name, "url": w.url, "secret": w.secret if secrets else "(hidden)"}
         for w in conn.execute(select(Webhook.__table__).order_by(Webhook.id))
     ]
-    document = {"rules": rules, "thresholds": thresholds, "webhooks": webhooks}
+    decay = []
+    for d in conn.execute(select(DecayPolicy.__table__).order_by(DecayPolicy.id)):
+        policy = {
+            "name": d.name,
+            "site": sites.get(d.site_id),
+            "expire_after_days": d.window_days,
+            "drop_percent": d.percent,
+            "every_days": d.every_days,
+            "enabled": None if d.enabled else False,
+        }
+        decay.append({k: v for k, v in policy.items() if v is not None})
+    document = {"rules": rules, "thresholds": thresholds, "webhooks": webhooks, "decay": decay}
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

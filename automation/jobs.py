@@ -92,3 +92,19 @@ def sweep_action_runs() -> int:
         if status not in {"queued", "started", "scheduled", "deferred"}:
             lost.append(run_id)
     return enqueue_action_runs(client, lost)
+
+
+def apply_decay() -> dict[str, int]:
+    """Expire old points and fade scores per the decay policies; thresholds re-evaluate."""
+    from automation.decay_runner import run_decay
+    from automation.dispatch import enqueue_action_runs
+    from tracker.db import db
+    from tracker.models import utcnow
+
+    try:
+        with db.engine.begin() as conn:
+            result = run_decay(conn, utcnow())
+    finally:
+        db.session.remove()
+    enqueue_action_runs(get_redis(), result.queued_runs)
+    return {"contacts": result.contacts, "firings": result.firings}

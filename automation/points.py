@@ -29,7 +29,7 @@ from tracker.automation_models import (
     Threshold,
     ThresholdState,
 )
-from tracker.models import Contact, Event, utcnow
+from tracker.models import Contact, Event, as_utc, utcnow
 
 CHUNK = 1000
 """Ids per IN (...) list."""
@@ -121,7 +121,7 @@ def _events(conn: Connection, event_ids: Iterable[int]) -> list[ScoredEvent]:
                 r.contact_id,
                 r.type,
                 r.site_id,
-                _aware(r.occurred_at),
+                as_utc(r.occurred_at),
                 r.path,
                 r.target,
                 r.query,
@@ -132,12 +132,6 @@ def _events(conn: Connection, event_ids: Iterable[int]) -> list[ScoredEvent]:
             for r in conn.execute(query)
         )
     return found
-
-
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _usage(
@@ -155,11 +149,11 @@ def _usage(
             .group_by(log.c.contact_id, log.c.rule_id)
         )
         for contact_id, rule_id, times, last in conn.execute(query):
-            usage[(contact_id, rule_id)] = Usage(times, _aware(last) if last else None)
+            usage[(contact_id, rule_id)] = Usage(times, as_utc(last) if last else None)
     return usage
 
 
-def _lock_contacts(conn: Connection, contact_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+def lock_contacts(conn: Connection, contact_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """Read the touched contacts, locked until commit so concurrent batches queue up."""
     c = Contact.__table__
     found = {}
@@ -210,7 +204,7 @@ def score_batch(
     touched = {e.contact_id for e in events} | set(refit)
     if not touched:
         return result
-    contacts = _lock_contacts(conn, touched)
+    contacts = lock_contacts(conn, touched)
     awards = award_points(
         rulebook.rules, events, _usage(conn, sorted(touched), list(rulebook.rules))
     )

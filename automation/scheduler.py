@@ -66,7 +66,10 @@ def ensure_ingestion(client: redis.Redis, concurrency: int, job_seconds: float) 
     return added
 
 
-PERIODIC: tuple[tuple[str, int], ...] = (("automation.jobs.sweep_action_runs", 60),)
+PERIODIC: tuple[tuple[str, int], ...] = (
+    ("automation.jobs.sweep_action_runs", 60),
+    ("automation.jobs.apply_decay", 3600),
+)
 """Jobs enqueued every so many seconds: (dotted name, interval)."""
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from automation.bulk import insert_rows, update_rows
 from automation.rows import identities, visitor_touches
-from tracker.models import Contact, Event, Visitor, utcnow
+from tracker.models import Contact, Event, Visitor, as_utc, utcnow
 
 TRAIT_COLUMNS = {"first_name", "last_name", "company"}
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
@@ -24,11 +24,6 @@ LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 
 def _trait(value: Any) -> str | None:
     return str(value)[:200] if value not in (None, "") else None
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands timestamps back without their zone; they were stored in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _upsert_visitors(
@@ -51,7 +46,7 @@ def _upsert_visitors(
             table.c.id, table.c.site_id, table.c.key, table.c.contact_id, table.c.last_seen
         ).where(table.c.key.in_(keys[start : start + 1000]))
         for id_, site_id, key, contact_id, last_seen in conn.execute(query):
-            known[(site_id, key)] = (id_, contact_id, _aware(last_seen))
+            known[(site_id, key)] = (id_, contact_id, as_utc(last_seen))
     found = {key: (id_, contact_id) for key, (id_, contact_id, _) in known.items()}
     update_rows(
         conn,

@@ -34,6 +34,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored time made timezone-aware: SQLite hands them back naive, always in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class Site(db.Model):
     """A website that embeds the snippet; its key is public, its domains gate collection."""
 

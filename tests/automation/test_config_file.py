@@ -89,8 +89,9 @@ segments: []
     with pytest.raises(ConfigFileError) as caught:
         parse(bad, "rules.yaml")
     problems = caught.value.problems
-    assert "rules.yaml:1: unknown section 'segments' (allowed: rules, thresholds, webhooks)" in (
-        problems
+    assert (
+        "rules.yaml:1: unknown section 'segments' (allowed: rules, thresholds, webhooks, decay)"
+        in (problems)
     )
     assert any(p.startswith("rules.yaml:2: rule 'Typo': unknown field 'colour'") for p in problems)
     assert any(
@@ -131,7 +132,7 @@ def test_load_is_idempotent_and_updates_by_name(app, tmp_path):
     for _ in range(2):
         result = runner.invoke(args=["automation", "load", write(tmp_path, GOOD)])
         assert result.exit_code == 0, result.output
-        assert "2 rules, 1 thresholds, 1 webhooks loaded" in result.output
+        assert "2 rules, 1 thresholds, 1 webhooks, 0 decay policies loaded" in result.output
     changed = GOOD.replace("points: 10", "points: 12")
     assert runner.invoke(args=["automation", "load", write(tmp_path, changed)]).exit_code == 0
     with app.app_context():
