@@ -15,10 +15,11 @@ import yaml
 
 from automation.decay import DecayError, make_policy
 from automation.scoring import RuleError, make_rule
+from automation.segment_rules import SegmentError, check_tree
 from automation.thresholds import ThresholdError, check_action, make_threshold
 from tracker.errors import ClosedLoopError
 
-SECTIONS = ("rules", "thresholds", "webhooks", "decay")
+SECTIONS = ("segments", "rules", "thresholds", "webhooks", "decay")
 RULE_FIELDS = {
     "name",
     "kind",
@@ -33,6 +34,7 @@ RULE_FIELDS = {
 }
 THRESHOLD_FIELDS = {"name", "score", "at_least", "segment", "stage", "refire", "actions", "enabled"}
 WEBHOOK_FIELDS = {"name", "url", "secret"}
+SEGMENT_FIELDS = {"name", "match"}
 DECAY_FIELDS = {"name", "site", "expire_after_days", "drop_percent", "every_days", "enabled"}
 ACTION_SHORTHAND = {
     "set_stage": "stage",
@@ -118,6 +120,13 @@ class DecaySpec:
 
 
 @dataclass
+class SegmentSpec:
+    name: str
+    match: dict[str, Any]
+    line: int = 0
+
+
+@dataclass
 class AutomationSpec:
     """Everything a rules file says, checked."""
 
@@ -125,6 +134,7 @@ class AutomationSpec:
     thresholds: list[ThresholdSpecFile] = field(default_factory=list)
     webhooks: list[WebhookSpec] = field(default_factory=list)
     decay: list[DecaySpec] = field(default_factory=list)
+    segments: list[SegmentSpec] = field(default_factory=list)
 
 
 def parse_duration(value: Any) -> int:
@@ -247,6 +257,23 @@ def _webhook(item: dict[str, Any]) -> WebhookSpec:
     return WebhookSpec(item["name"].strip(), url, secret)
 
 
+def _segment(item: dict[str, Any]) -> SegmentSpec:
+    match = item.get("match")
+    if not isinstance(match, dict):
+        raise SegmentError("'match' must be a rule tree, e.g. {all: [{tag: hot}]}")
+    check_tree(match)
+    return SegmentSpec(item["name"].strip(), _plain(match))
+
+
+def _plain(value: Any) -> Any:
+    """The tree as plain dicts and lists (the loader's mappings remember lines)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _decay(item: dict[str, Any]) -> DecaySpec:
     spec = DecaySpec(
         name=item["name"].strip(),
@@ -288,6 +315,7 @@ def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
         )
     spec = AutomationSpec()
     for section, allowed, build, target, what in (
+        ("segments", SEGMENT_FIELDS, _segment, spec.segments, "segment"),
         ("rules", RULE_FIELDS, _rule, spec.rules, "rule"),
         ("thresholds", THRESHOLD_FIELDS, _threshold, spec.thresholds, "threshold"),
         ("webhooks", WEBHOOK_FIELDS, _webhook, spec.webhooks, "webhook"),
@@ -310,7 +338,14 @@ def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
                 built = build(item)
                 built.line = getattr(item, "line", 0)
                 target.append(built)
-            except (RuleError, ThresholdError, DecayError, ValueError, TypeError) as e:
+            except (
+                RuleError,
+                ThresholdError,
+                DecayError,
+                SegmentError,
+                ValueError,
+                TypeError,
+            ) as e:
                 problems.append(f"{where}: {what} {item['name']!r}: {e}")
     if problems:
         raise ConfigFileError(problems)

@@ -9,6 +9,8 @@ from sqlalchemy import Connection, or_, select
 
 from automation.bulk import insert_rows
 from automation.config_file import AutomationSpec, ConfigFileError
+from automation.segment_rules import SegmentError
+from automation.segments import SegmentDef, dependency_order
 from tracker.automation_models import DecayPolicy, ScoringRule, Segment, Threshold, Webhook
 from tracker.models import Site, utcnow
 
@@ -34,6 +36,35 @@ def _site_ids(conn: Connection, spec: AutomationSpec, filename: str) -> dict[str
     if problems:
         raise ConfigFileError(problems)
     return found
+
+
+def _segments(conn: Connection, spec: AutomationSpec, filename: str, now: Any) -> list[int]:
+    """Write the file's segments; return the ids whose rules are new or changed."""
+    existing = {
+        name: (id_, rules)
+        for id_, name, rules in conn.execute(select(Segment.id, Segment.name, Segment.rules))
+    }
+    stored = [
+        SegmentDef(id_, name, rules)
+        for name, (id_, rules) in existing.items()
+        if name not in {s.name for s in spec.segments}
+    ]
+    stored += [SegmentDef(0, s.name, s.match) for s in spec.segments]
+    try:
+        dependency_order(stored)
+    except SegmentError as e:
+        line = spec.segments[0].line if spec.segments else 1
+        raise ConfigFileError([f"{filename}:{line}: {e}"]) from e
+    changed = [s for s in spec.segments if s.name not in existing or existing[s.name][1] != s.match]
+    written = insert_rows(
+        conn,
+        Segment.__table__,
+        [{"name": s.name, "rules": s.match, "updated_at": now} for s in changed],
+        conflict=("name",),
+        update={"rules": "new", "updated_at": "new"},
+        returning=("id",),
+    )
+    return [id_ for (id_,) in written]
 
 
 def _segment_ids(conn: Connection, spec: AutomationSpec, filename: str) -> dict[str, int]:
@@ -62,11 +93,15 @@ def _segment_ids(conn: Connection, spec: AutomationSpec, filename: str) -> dict[
     return found
 
 
-def apply(conn: Connection, spec: AutomationSpec, filename: str = "<rules>") -> dict[str, int]:
-    """Create or update (by name) everything in `spec`, in the caller's transaction."""
+def apply(conn: Connection, spec: AutomationSpec, filename: str = "<rules>") -> dict[str, Any]:
+    """Create or update (by name) everything in `spec`, in the caller's transaction.
+
+    The result's "changed segments" lists the ids whose membership must be rebuilt.
+    """
     sites = _site_ids(conn, spec, filename)
-    segments = _segment_ids(conn, spec, filename)
     now = utcnow()
+    changed_segments = _segments(conn, spec, filename, now)
+    segments = _segment_ids(conn, spec, filename)
     insert_rows(
         conn,
         Webhook.__table__,
@@ -163,10 +198,12 @@ def apply(conn: Connection, spec: AutomationSpec, filename: str = "<rules>") -> 
         },
     )
     return {
+        "segments": len(spec.segments),
         "rules": len(spec.rules),
         "thresholds": len(spec.thresholds),
         "webhooks": len(spec.webhooks),
         "decay policies": len(spec.decay),
+        "changed segments": changed_segments,
     }
 
 
@@ -220,5 +257,15 @@ def export(conn: Connection, secrets: bool = False) -> str:
             "enabled": None if d.enabled else False,
         }
         decay.append({k: v for k, v in policy.items() if v is not None})
-    document = {"rules": rules, "thresholds": thresholds, "webhooks": webhooks, "decay": decay}
+    segment_list = [
+        {"name": name, "match": rules}
+        for name, rules in conn.execute(select(Segment.name, Segment.rules).order_by(Segment.id))
+    ]
+    document = {
+        "segments": segment_list,
+        "rules": rules,
+        "thresholds": thresholds,
+        "webhooks": webhooks,
+        "decay": decay,
+    }
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

@@ -10,7 +10,14 @@ from sqlalchemy import Connection, select, update
 
 from automation.decay import EXPIRE, DecayPolicy, expiry_cutoff, percent_drop, percent_due
 from automation.decay import make_policy as make_decay_policy
-from automation.points import Rulebook, ScoringResult, apply_entries, load_rulebook, lock_contacts
+from automation.points import (
+    Rulebook,
+    ScoringResult,
+    apply_entries,
+    load_rulebook,
+    lock_contacts,
+    run_thresholds,
+)
 from automation.scoring import ENGAGEMENT
 from tracker.automation_models import DecayPolicy as DecayRow
 from tracker.automation_models import PointsEntry
@@ -111,6 +118,8 @@ def run_decay(conn: Connection, now: datetime, rulebook: Rulebook | None = None)
         elif percent_due(policy, now):
             entries += _fade(conn, policy, now)
     if entries:
-        contacts = lock_contacts(conn, {e["contact_id"] for e in entries})
-        apply_entries(conn, rulebook or load_rulebook(conn), contacts, entries, now, result)
+        rulebook = rulebook or load_rulebook(conn)
+        result.rows = lock_contacts(conn, {e["contact_id"] for e in entries})
+        apply_entries(conn, rulebook, result.rows, entries, now, result)
+        run_thresholds(conn, rulebook, result.changed, now, result)
     return result

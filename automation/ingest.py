@@ -23,11 +23,12 @@ from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import DataError, IntegrityError
 
 from automation.dispatch import enqueue_action_runs
-from automation.points import score_batch
+from automation.points import load_rulebook, run_thresholds, score_batch
 from automation.rows import MalformedEntry, event_row
+from automation.segments import load_segments, refresh
 from automation.store import repair_identities, store_batch
 from tracker.db import db
-from tracker.models import EventSpool
+from tracker.models import EventSpool, utcnow
 from tracker.redis_conn import get_redis
 from tracker.stream import FIELD
 
@@ -215,6 +216,9 @@ class StreamIngestor:
         return total
 
 
+SETTLE_ROUNDS = 3
+"""Rounds of segments-then-thresholds per batch, as actions feed back into segments."""
+
 SPOOL_CHECK_SECONDS = 5.0
 """How often a running ingestion job looks for batches spooled while Redis was down."""
 
@@ -246,14 +250,31 @@ def _last_seen_resolution() -> timedelta:
 
 
 def _store_and_score(conn: Connection, rows: list[dict[str, Any]]) -> tuple[int, list[int]]:
-    """Store rows and score what they changed, in the caller's transaction.
+    """Store rows, then score, move segments and run thresholds, in the caller's transaction.
 
     Returns how many events were new and the action runs left for workers.
     """
     stored = store_batch(conn, rows, _last_seen_resolution())
+    rulebook = load_rulebook(conn)
+    segments = load_segments(conn)
+    if rulebook.empty and not segments:
+        return stored.stored, []
     scored = score_batch(
-        conn, stored.new_event_ids + stored.relinked_event_ids, refit=stored.identified_contacts
+        conn,
+        stored.new_event_ids + stored.relinked_event_ids,
+        refit=stored.identified_contacts,
+        rulebook=rulebook,
     )
+    now = utcnow()
+    touched, rescore = scored.touched, scored.changed
+    # Actions change what segments look at (stage, tags): settle in a few rounds.
+    for _ in range(SETTLE_ROUNDS):
+        moved = refresh(conn, now, touched=touched, segments=segments) if segments else None
+        regrouped = moved.contacts if moved else set()
+        touched = run_thresholds(conn, rulebook, rescore | regrouped, now, scored)
+        rescore = set()
+        if not touched:
+            break
     return stored.stored, scored.queued_runs
 
 

@@ -108,3 +108,21 @@ def apply_decay() -> dict[str, int]:
         db.session.remove()
     enqueue_action_runs(get_redis(), result.queued_runs)
     return {"contacts": result.contacts, "firings": result.firings}
+
+
+def rebuild_segments(segment_ids: list[int] | None = None) -> dict[str, int]:
+    """Rebuild segment membership for everyone (all segments, or these ids)."""
+    from automation.dispatch import enqueue_action_runs
+    from automation.segment_jobs import rebuild
+    from tracker.db import db
+
+    try:
+        with db.engine.begin() as conn:
+            moved, queued = rebuild(conn, segment_ids)
+    finally:
+        db.session.remove()
+    enqueue_action_runs(get_redis(), queued)
+    return {
+        "joined": sum(map(len, moved.joined.values())),
+        "left": sum(map(len, moved.left.values())),
+    }

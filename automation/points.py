@@ -49,12 +49,15 @@ class Rulebook:
 
 @dataclass
 class ScoringResult:
-    """What scoring one batch did."""
+    """What scoring one batch did, and the contact rows it read (locked until commit)."""
 
     awards: int = 0
     contacts: int = 0
     firings: int = 0
     queued_runs: list[int] = field(default_factory=list)
+    touched: set[int] = field(default_factory=set)
+    changed: set[int] = field(default_factory=set)
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def load_rulebook(conn: Connection) -> Rulebook:
@@ -194,17 +197,19 @@ def score_batch(
     refit: Iterable[int] = (),
     rulebook: Rulebook | None = None,
 ) -> ScoringResult:
-    """Score these stored events, refresh the fit of `refit` contacts, and run thresholds."""
+    """Score these stored events and refresh the fit of `refit` contacts.
+
+    Thresholds are not evaluated here: segments move first (`run_thresholds`).
+    """
     rulebook = rulebook or load_rulebook(conn)
     result = ScoringResult()
-    if rulebook.empty:
-        return result
     now = utcnow()
     events = _events(conn, event_ids)
     touched = {e.contact_id for e in events} | set(refit)
-    if not touched:
+    result.touched = touched
+    if not touched or not rulebook.rules:
         return result
-    contacts = lock_contacts(conn, touched)
+    contacts = result.rows = lock_contacts(conn, touched)
     awards = award_points(
         rulebook.rules, events, _usage(conn, sorted(touched), list(rulebook.rules))
     )
@@ -249,7 +254,7 @@ def apply_entries(
     now: datetime,
     result: ScoringResult,
 ) -> None:
-    """Write points entries, move the scores by what was really written, run thresholds.
+    """Write points entries and move the scores by what was really written.
 
     An award already in the log (same rule and event) is skipped by the insert
     and so moves no score: a re-scored event never counts twice.
@@ -282,8 +287,7 @@ def apply_entries(
         )
     update_rows(conn, Contact.__table__, changed, key="id")
     result.contacts = len(changed)
-    if rulebook.thresholds and changed:
-        _run_thresholds(conn, rulebook, contacts, [c["id"] for c in changed], now, result)
+    result.changed.update(c["id"] for c in changed)
 
 
 def _segments(conn: Connection, contact_ids: list[int]) -> dict[int, set[int]]:
@@ -298,14 +302,25 @@ def _segments(conn: Connection, contact_ids: list[int]) -> dict[int, set[int]]:
     return found
 
 
-def _run_thresholds(
+def run_thresholds(
     conn: Connection,
     rulebook: Rulebook,
-    contacts: dict[int, dict[str, Any]],
-    contact_ids: list[int],
+    contact_ids: Iterable[int],
     now: datetime,
     result: ScoringResult,
-) -> None:
+) -> set[int]:
+    """Evaluate the thresholds for these contacts; start the actions of each crossing.
+
+    Returns the contacts something fired for (their stage or tags may have moved).
+    """
+    contact_ids = sorted(set(contact_ids))
+    if not rulebook.thresholds or not contact_ids:
+        return set()
+    missing = [cid for cid in contact_ids if cid not in result.rows]
+    if missing:
+        result.rows.update(lock_contacts(conn, missing))
+    contacts = result.rows
+    contact_ids = [cid for cid in contact_ids if cid in contacts]
     segments = (
         _segments(conn, contact_ids) if any(t.segment_id for t in rulebook.thresholds) else {}
     )
@@ -344,6 +359,7 @@ def _run_thresholds(
             conflict=("threshold_id", "contact_id"),
             update={"above": "new", "fired": "new", "last_fired_at": "max"},
         )
-    result.firings = len(firings)
+    result.firings += len(firings)
     for firing in firings:
         result.queued_runs.extend(actions.start(conn, firing, contacts[firing.contact_id], now))
+    return {firing.contact_id for firing in firings}

@@ -69,6 +69,7 @@ def ensure_ingestion(client: redis.Redis, concurrency: int, job_seconds: float) 
 PERIODIC: tuple[tuple[str, int], ...] = (
     ("automation.jobs.sweep_action_runs", 60),
     ("automation.jobs.apply_decay", 3600),
+    ("automation.jobs.rebuild_segments", 900),
 )
 """Jobs enqueued every so many seconds: (dotted name, interval)."""
 

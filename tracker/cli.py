@@ -24,7 +24,8 @@ from tracker.sites import create_site
 sites_cli = AppGroup("sites", help="Create and list tracked websites.")
 contacts_cli = AppGroup("contacts", help="Look up contacts.")
 users_cli = AppGroup("users", help="The people leads are handed to (sales) and marketers.")
-automation_cli = AppGroup("automation", help="Scoring rules, thresholds and webhooks.")
+automation_cli = AppGroup("automation", help="Segments, scoring rules, thresholds, webhooks.")
+segments_cli = AppGroup("segments", help="Segment membership: list, rebuild, preview.")
 
 
 def script_tag(base_url: str, site: Site) -> str:
@@ -202,7 +203,20 @@ def automation_load(path: str) -> None:
         raise click.ClickException("nothing was changed:\n" + "\n".join(e.problems)) from e
     except UnicodeDecodeError as e:
         raise click.ClickException(f"{path} is not UTF-8 text") from e
+    changed = counts.pop("changed segments")
     click.echo(", ".join(f"{n} {what}" for what, n in counts.items()) + " loaded")
+    if changed:
+        from rq import Queue
+
+        from tracker.redis_conn import get_redis
+
+        Queue("default", connection=get_redis()).enqueue(
+            "automation.jobs.rebuild_segments", changed, job_timeout=3600
+        )
+        click.echo(
+            f"{len(changed)} new or changed segments are being rebuilt by a worker "
+            "(or now: flask --app wsgi segments rebuild)"
+        )
 
 
 @automation_cli.command("show")
@@ -213,6 +227,81 @@ def automation_show(with_secrets: bool) -> None:
 
     with db.engine.connect() as conn:
         click.echo(export(conn, secrets=with_secrets), nl=False)
+
+
+@segments_cli.command("list")
+def segments_list() -> None:
+    """List segments with their member counts and last full rebuild."""
+    from tracker.automation_models import Segment, SegmentMember
+
+    counts = dict(
+        db.session.execute(
+            select(SegmentMember.segment_id, db.func.count()).group_by(SegmentMember.segment_id)
+        ).all()
+    )
+    for segment in db.session.scalars(select(Segment).order_by(Segment.id)):
+        rebuilt = (
+            segment.rebuilt_at.isoformat(timespec="seconds") if segment.rebuilt_at else "never"
+        )
+        click.echo(
+            f"{segment.id}\t{segment.name}\t{counts.get(segment.id, 0)} members\trebuilt {rebuilt}"
+        )
+
+
+@segments_cli.command("rebuild")
+@click.option(
+    "--segment",
+    "segment_ids",
+    type=int,
+    multiple=True,
+    help="Only this segment id (repeatable); default all.",
+)
+def segments_rebuild(segment_ids: tuple[int, ...]) -> None:
+    """Rebuild membership for everyone now, with a progress bar."""
+    from automation.dispatch import enqueue_action_runs
+    from automation.segment_jobs import rebuild
+    from tracker.redis_conn import get_redis
+
+    with (
+        db.engine.begin() as conn,
+        click.progressbar(length=1, label="rebuilding segments", show_pos=True) as bar,
+    ):
+
+        def progress(segment: Any, position: int, total: int) -> None:
+            bar.length = total
+            bar.label = f"rebuilt {segment.name!r}"
+            bar.update(1)
+
+        moved, queued = rebuild(conn, list(segment_ids) or None, progress=progress)
+    enqueue_action_runs(get_redis(), queued)
+    for segment_id in moved.joined:
+        click.echo(
+            f"segment {segment_id}: {len(moved.joined[segment_id])} joined, "
+            f"{len(moved.left[segment_id])} left"
+        )
+
+
+@segments_cli.command("preview")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("name")
+def segments_preview(path: str, name: str) -> None:
+    """Count (and sample) the contacts a segment in a rules file would hold, saving nothing."""
+    from automation.config_file import ConfigFileError, parse
+    from automation.segments import preview
+    from tracker.models import utcnow
+
+    try:
+        spec = parse(Path(path).read_text(encoding="utf-8"), path)
+    except ConfigFileError as e:
+        raise click.ClickException("\n".join(e.problems)) from e
+    found = [s for s in spec.segments if s.name == name]
+    if not found:
+        raise click.ClickException(f"{path} has no segment named {name!r}")
+    with db.engine.connect() as conn:
+        count, sample = preview(conn, found[0].match, utcnow())
+    click.echo(f"{count} contacts match {name!r}")
+    for email in sample:
+        click.echo(f"  {email}")
 
 
 @click.command("worker")
@@ -335,6 +424,7 @@ OPERATOR_COMMANDS = (
     contacts_cli,
     users_cli,
     automation_cli,
+    segments_cli,
     worker_command,
     scheduler_command,
     dev_command,

@@ -1,0 +1,589 @@
+"""Segment rules: check a rule tree and compile it to one SQL condition over contacts.
+
+Pure: a tree, the time and the ids of other segments in, a SQLAlchemy Core
+expression out; the job layer runs it. Marketer text reaches the SQL only as
+bound parameters, and globs and substrings become LIKE patterns whose own
+wildcards are escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Integer, String, and_, case, func, not_, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from automation.thresholds import STAGES
+from tracker.automation_models import ContactTag, SegmentMember
+from tracker.models import Contact, Event, Visitor
+
+MAX_DEPTH = 20
+"""How deeply all/any/not may nest; deeper trees are a mistake, and costly SQL."""
+
+contacts = Contact.__table__
+events = Event.__table__
+visitors = Visitor.__table__
+contact_tags = ContactTag.__table__
+segment_members = SegmentMember.__table__
+
+GROUPS = ("all", "any", "not")
+TEXT_FIELDS = ("email", "first_name", "last_name", "company", "stage")
+NUMBER_FIELDS = ("score", "engagement_score", "fit_score")
+FIELD_OPERATORS = ("equals", "in", "contains", "gte", "lte", "exists")
+SCORE_COLUMNS = {"engagement": "engagement_score", "fit": "fit_score", "total": "score"}
+EMAIL_EVENTS = {"opened": "email_open", "clicked": "email_click"}
+TOUCHES = ("any", "first")
+UTM_KEYS = ("source", "medium", "campaign")
+ESCAPE = "!"
+
+
+class SegmentError(ValueError):
+    """A rule tree that cannot work as written; the message names the part by its path."""
+
+
+@dataclass(frozen=True)
+class _Node:
+    kind: str  # a group or a leaf name
+    path: str
+    spec: Any  # children for groups, the checked spec for leaves
+
+
+# -- checking --------------------------------------------------------------------------
+
+
+def _fail(path: str, message: str) -> SegmentError:
+    return SegmentError(f"{path or 'rules'}: {message}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _text(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, f"must be non-empty text, not {value!r}")
+    return value
+
+
+def _whole(value: Any, path: str) -> int:
+    if not _is_int(value) or value < 1:
+        raise _fail(path, f"must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    if not _is_number(value):
+        raise _fail(path, f"must be a number, not {value!r}")
+    return value
+
+
+def _choice(*options: str) -> Callable[[Any, str], str]:
+    def check(value: Any, path: str) -> str:
+        if value not in options:
+            raise _fail(path, f"{value!r} is not one of {list(options)}")
+        return value
+
+    return check
+
+
+def _domain(value: Any, path: str) -> str:
+    domain = _text(value, path).strip().lower().rstrip(".")
+    if any(c in domain for c in "/:?#@ ") or domain.startswith("."):
+        raise _fail(path, f"give a host name such as 'news.ycombinator.com', not {value!r}")
+    return domain
+
+
+def _keys(spec: Any, path: str, checks: Mapping[str, Callable[[Any, str], Any]]) -> dict:
+    if not isinstance(spec, Mapping):
+        raise _fail(path, f"must be a mapping with keys from {sorted(checks)}, not {spec!r}")
+    for key in spec:
+        if key not in checks:
+            raise _fail(path, f"unknown key {key!r}; use one of {sorted(checks)}")
+    return {key: checks[key](value, f"{path}.{key}") for key, value in spec.items()}
+
+
+def _require(spec: Mapping[str, Any], path: str, *keys: str) -> None:
+    for key in keys:
+        if key not in spec:
+            raise _fail(path, f"needs {key!r}")
+
+
+def _visited(spec: Any, path: str) -> dict:
+    checks = {"path": _text, "at_least": _whole, "within_days": _whole, "site": _whole}
+    spec = _keys(spec, path, checks)
+    _require(spec, path, "path")
+    return spec
+
+
+def _searched(spec: Any, path: str) -> dict:
+    spec = _keys(spec, path, {"contains": _text, "within_days": _whole})
+    _require(spec, path, "contains")
+    return spec
+
+
+def _utm(spec: Any, path: str) -> dict:
+    checks: dict[str, Callable[[Any, str], Any]] = dict.fromkeys(UTM_KEYS, _text)
+    spec = _keys(spec, path, {**checks, "touch": _choice(*TOUCHES)})
+    if not any(key in spec for key in UTM_KEYS):
+        raise _fail(path, f"needs at least one of {list(UTM_KEYS)}")
+    return spec
+
+
+def _referrer_domain(spec: Any, path: str) -> dict:
+    spec = _keys(spec, path, {"is": _domain, "touch": _choice(*TOUCHES)})
+    _require(spec, path, "is")
+    return spec
+
+
+def _field_value(value: Any, path: str, name: str) -> Any:
+    if name in TEXT_FIELDS and not isinstance(value, str):
+        raise _fail(path, f"{name!r} holds text; compare it with text, not {value!r}")
+    if name in NUMBER_FIELDS and not _is_number(value):
+        raise _fail(path, f"{name!r} holds a number; compare it with a number, not {value!r}")
+    if not isinstance(value, str | int | float):
+        raise _fail(path, f"must be text, a number or true/false, not {value!r}")
+    return value
+
+
+def _field(spec: Any, path: str) -> dict:
+    if not isinstance(spec, Mapping):
+        raise _fail(path, f"must be a mapping of 'name' and one of {list(FIELD_OPERATORS)}")
+    name = _text(spec.get("name"), f"{path}.name")
+    if '"' in name or "\\" in name:
+        raise _fail(f"{path}.name", f"a field name cannot hold quotes or backslashes: {name!r}")
+    operators = [key for key in spec if key != "name"]
+    for key in operators:
+        if key not in FIELD_OPERATORS:
+            raise _fail(path, f"unknown operator {key!r}; use one of {list(FIELD_OPERATORS)}")
+    if len(operators) != 1:
+        raise _fail(path, f"takes exactly one of {list(FIELD_OPERATORS)}, not {operators}")
+    operator = operators[0]
+    value, at = spec[operator], f"{path}.{operator}"
+    if operator == "equals":
+        value = _field_value(value, at, name)
+    elif operator == "in":
+        if not isinstance(value, list) or not value:
+            raise _fail(at, f"must be a non-empty list, not {value!r}")
+        value = [_field_value(v, f"{at}[{i}]", name) for i, v in enumerate(value)]
+        if any(isinstance(v, bool) for v in value):
+            raise _fail(at, "use 'equals' to compare with true or false")
+    elif operator == "contains":
+        if name in NUMBER_FIELDS:
+            raise _fail(at, f"{name!r} holds a number; use 'gte' or 'lte'")
+        value = _text(value, at)
+    elif operator in ("gte", "lte"):
+        if name in TEXT_FIELDS:
+            raise _fail(at, f"{name!r} holds text; use 'equals', 'in' or 'contains'")
+        value = _number(value, at)
+    elif not isinstance(value, bool):
+        raise _fail(at, f"must be true or false, not {value!r}")
+    return {"name": name, "operator": operator, "value": value}
+
+
+def _tag(spec: Any, path: str) -> str:
+    return _text(spec, path)
+
+
+def _score(spec: Any, path: str) -> dict:
+    checks = {"kind": _choice(*SCORE_COLUMNS), "gte": _number, "lte": _number}
+    spec = _keys(spec, path, checks)
+    _require(spec, path, "kind")
+    if "gte" not in spec and "lte" not in spec:
+        raise _fail(path, "needs 'gte', 'lte' or both")
+    if spec.get("gte", float("-inf")) > spec.get("lte", float("inf")):
+        raise _fail(path, f"gte {spec['gte']} is above lte {spec['lte']}: no one can match")
+    return spec
+
+
+def _stage_name(value: Any, path: str) -> str:
+    if value not in STAGES:
+        raise _fail(path, f"{value!r} is not one of {list(STAGES)}")
+    return value
+
+
+def _stage(spec: Any, path: str) -> list[str]:
+    if isinstance(spec, str):
+        return [_stage_name(spec, path)]
+    spec = _keys(spec, path, {"in": lambda value, at: value})
+    stages = spec.get("in")
+    if not isinstance(stages, list) or not stages:
+        raise _fail(f"{path}.in", f"must be a non-empty list of stages, not {stages!r}")
+    return [_stage_name(s, f"{path}.in[{i}]") for i, s in enumerate(stages)]
+
+
+def _email(spec: Any, path: str) -> dict:
+    checks = {"action": _choice(*EMAIL_EVENTS), "template": _whole, "within_days": _whole}
+    spec = _keys(spec, path, checks)
+    _require(spec, path, "action")
+    return spec
+
+
+def _event(spec: Any, path: str) -> dict:
+    spec = _keys(spec, path, {"name": _text, "at_least": _whole, "within_days": _whole})
+    _require(spec, path, "name")
+    return spec
+
+
+def _in_segment(spec: Any, path: str) -> str:
+    return _text(spec, path)
+
+
+LEAVES: dict[str, Callable[[Any, str], Any]] = {
+    "visited": _visited,
+    "searched": _searched,
+    "utm": _utm,
+    "referrer_domain": _referrer_domain,
+    "field": _field,
+    "tag": _tag,
+    "score": _score,
+    "stage": _stage,
+    "email": _email,
+    "event": _event,
+    "in_segment": _in_segment,
+}
+
+
+def _parse(node: Any, path: str = "", depth: int = 0) -> _Node:
+    if depth > MAX_DEPTH:
+        raise _fail(path, f"nested deeper than {MAX_DEPTH} levels; flatten the tree")
+    known = [*GROUPS, *LEAVES]
+    if not isinstance(node, Mapping) or len(node) != 1:
+        raise _fail(path, f"must be a mapping with exactly one of {known}, not {node!r}")
+    ((kind, spec),) = node.items()
+    at = f"{path}.{kind}" if path else kind
+    if kind == "not":
+        return _Node(kind, at, [_parse(spec, at, depth + 1)])
+    if kind in GROUPS:
+        if not isinstance(spec, list) or not spec:
+            raise _fail(at, f"must be a non-empty list of rules, not {spec!r}")
+        children = [_parse(child, f"{at}[{i}]", depth + 1) for i, child in enumerate(spec)]
+        return _Node(kind, at, children)
+    if kind not in LEAVES:
+        raise _fail(path, f"unknown rule {kind!r}; use one of {known}")
+    return _Node(kind, at, LEAVES[kind](spec, at))
+
+
+def check_tree(tree: Any) -> None:
+    """Raise SegmentError, naming the part by its path, unless `tree` is a valid rule tree."""
+    _parse(tree)
+
+
+def _leaves(node: _Node) -> list[_Node]:
+    if node.kind in GROUPS:
+        return [leaf for child in node.spec for leaf in _leaves(child)]
+    return [node]
+
+
+def referenced_segments(tree: Any) -> set[str]:
+    """The names of the segments the tree's `in_segment` rules use."""
+    return {leaf.spec for leaf in _leaves(_parse(tree)) if leaf.kind == "in_segment"}
+
+
+# -- compiling -------------------------------------------------------------------------
+
+
+class _position(FunctionElement[int]):
+    """Where `needle` first starts in `text`, from 1; 0 when absent."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_position)
+def _position_default(element: _position, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strpos({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_position, "sqlite")
+def _position_sqlite(element: _position, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"instr({compiler.process(element.clauses, **kw)})"
+
+
+class _json_kind(FunctionElement[str]):
+    """The JSON kind under a key: number, string, true, false, null, object, array or missing."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(_json_kind)
+def _json_kind_postgresql(element: _json_kind, compiler: SQLCompiler, **kw: Any) -> str:
+    (item,) = element.clauses
+    column, key = compiler.process(item.left, **kw), compiler.process(item.right, **kw)
+    kind = f"jsonb_typeof({column} -> {key})"
+    # PostgreSQL says 'boolean'; its text form tells true from false, as SQLite does.
+    return (
+        f"coalesce(CASE {kind} WHEN 'boolean' THEN {column} ->> {key} ELSE {kind} END, 'missing')"
+    )
+
+
+@compiles(_json_kind, "sqlite")
+def _json_kind_sqlite(element: _json_kind, compiler: SQLCompiler, **kw: Any) -> str:
+    (item,) = element.clauses
+    # The key's own bind processor turns it into the JSON path '$."key"'.
+    kind = f"json_type({compiler.process(item.left, **kw)}, {compiler.process(item.right, **kw)})"
+    return (
+        f"coalesce(CASE {kind} WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number' "
+        f"WHEN 'text' THEN 'string' ELSE {kind} END, 'missing')"
+    )
+
+
+@dataclass(frozen=True)
+class _Context:
+    now: datetime
+    segment_ids: Mapping[str, int]
+    contact_ids: Collection[int] | None
+
+
+def _like_escape(text: str) -> str:
+    return "".join(ESCAPE + c if c in (ESCAPE, "%", "_") else c for c in text)
+
+
+def _glob_pattern(glob: str) -> str:
+    translated = {"*": "%", "?": "_"}
+    return "".join(translated.get(c) or _like_escape(c) for c in glob)
+
+
+def _ilike(column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
+    """Case-insensitive LIKE that behaves the same on SQLite and PostgreSQL."""
+    return func.lower(column).like(pattern.lower(), escape=ESCAPE)
+
+
+def _with_events(
+    ctx: _Context, *conditions: Any, at_least: int = 1, within_days: int | None = None
+) -> ColumnElement[bool]:
+    where = [events.c.contact_id.is_not(None), ~events.c.is_bot, *conditions]
+    if within_days is not None:
+        where.append(events.c.occurred_at >= ctx.now - timedelta(days=within_days))
+    if ctx.contact_ids is not None:
+        where.append(events.c.contact_id.in_(ctx.contact_ids))
+    query = select(events.c.contact_id).where(*where)
+    if at_least > 1:
+        query = query.group_by(events.c.contact_id).having(func.count() >= at_least)
+    return contacts.c.id.in_(query)
+
+
+def _with_first_touch(ctx: _Context, *conditions: Any) -> ColumnElement[bool]:
+    where = [visitors.c.contact_id.is_not(None), ~visitors.c.is_bot, *conditions]
+    if ctx.contact_ids is not None:
+        where.append(visitors.c.contact_id.in_(ctx.contact_ids))
+    return contacts.c.id.in_(select(visitors.c.contact_id).where(*where))
+
+
+def _compile_visited(spec: dict, ctx: _Context) -> ColumnElement[bool]:
+    conditions = [events.c.type == "pageview", _ilike(events.c.path, _glob_pattern(spec["path"]))]
+    if "site" in spec:
+        conditions.append(events.c.site_id == spec["site"])
+    return _with_events(
+        ctx, *conditions, at_least=spec.get("at_least", 1), within_days=spec.get("within_days")
+    )
+
+
+def _compile_searched(spec: dict, ctx: _Context) -> ColumnElement[bool]:
+    pattern = f"%{_like_escape(spec['contains'])}%"
+    return _with_events(
+        ctx,
+        events.c.type == "search",
+        _ilike(events.c.query, pattern),
+        within_days=spec.get("within_days"),
+    )
+
+
+def _compile_utm(spec: dict, ctx: _Context) -> ColumnElement[bool]:
+    table = visitors if spec.get("touch") == "first" else events
+    conditions = [
+        func.lower(table.c[f"utm_{key}"]) == spec[key].lower() for key in UTM_KEYS if key in spec
+    ]
+    if table is visitors:
+        return _with_first_touch(ctx, *conditions)
+    return _with_events(ctx, *conditions)
+
+
+def _referrer_host(referrer: ColumnElement[Any]) -> tuple[ColumnElement[bool], ColumnElement[str]]:
+    """Whether the URL has a scheme, and its host: after '://', up to '/', ':', '?' or '#'."""
+    url = func.lower(referrer, type_=String)
+    scheme_end = _position(url, "://")
+    rest = func.substr(url, scheme_end + 3, type_=String)
+    cut = rest
+    for mark in ":?#":
+        cut = func.replace(cut, mark, "/", type_=String)
+    host = func.substr(rest, 1, _position(cut.concat("/"), "/") - 1, type_=String)
+    return scheme_end > 0, host
+
+
+def _compile_referrer_domain(spec: dict, ctx: _Context) -> ColumnElement[bool]:
+    domain = spec["is"]
+    table = visitors if spec.get("touch") == "first" else events
+    has_scheme, host = _referrer_host(table.c.referrer)
+    conditions = [
+        # A plain LIKE first, cheap, so the host is only cut out of likely referrers.
+        _ilike(table.c.referrer, f"%{_like_escape(domain)}%"),
+        has_scheme,
+        or_(host == domain, host.like(f"%.{_like_escape(domain)}", escape=ESCAPE)),
+    ]
+    if table is visitors:
+        return _with_first_touch(ctx, *conditions)
+    return _with_events(ctx, *conditions)
+
+
+def _trait_condition(name: str, operator: str, value: Any) -> ColumnElement[bool]:
+    item = contacts.c.traits[name]
+    kind = _json_kind(item)
+    text = func.lower(item.as_string(), type_=String)
+    number = case((kind == "number", item.as_float()))
+    if operator == "exists":
+        present = or_(
+            kind.in_(["number", "true", "false", "object", "array"]),
+            and_(kind == "string", item.as_string() != ""),
+        )
+        return present if value else not_(present)
+    if operator == "equals" and isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    if operator in ("equals", "in"):
+        values = value if operator == "in" else [value]
+        texts = [v.lower() for v in values if isinstance(v, str)]
+        numbers = [v for v in values if not isinstance(v, str)]
+        matches = []
+        if texts:
+            matches.append(and_(kind == "string", text.in_(texts)))
+        if numbers:
+            matches.append(and_(kind == "number", number.in_(numbers)))
+        return or_(*matches)
+    if operator == "contains":
+        return and_(kind == "string", _ilike(item.as_string(), f"%{_like_escape(value)}%"))
+    compare = number >= value if operator == "gte" else number <= value
+    return and_(kind == "number", compare)
+
+
+def _compile_field(spec: dict, ctx: _Context) -> ColumnElement[bool]:
+    name, operator, value = spec["name"], spec["operator"], spec["value"]
+    if name not in TEXT_FIELDS and name not in NUMBER_FIELDS:
+        return _trait_condition(name, operator, value)
+    column = contacts.c[name]
+    if name in NUMBER_FIELDS:
+        return {
+            "equals": lambda: column == value,
+            "in": lambda: column.in_(value),
+            "gte": lambda: column >= value,
+            "lte": lambda: column <= value,
+            "exists": lambda: column.is_not(None) if value else column.is_(None),
+        }[operator]()
+    # Every text comparison starts with IS NOT NULL so that a missing value gives false,
+    # never NULL: `not` must include the contacts whose field is empty.
+    present = column.is_not(None)
+    if operator == "exists":
+        filled = and_(present, column != "")
+        return filled if value else not_(filled)
+    if operator == "contains":
+        return and_(present, _ilike(column, f"%{_like_escape(value)}%"))
+    values = [v.lower() for v in (value if operator == "in" else [value])]
+    return and_(present, func.lower(column).in_(values))
+
+
+def _compile_tag(tag: str, ctx: _Context) -> ColumnElement[bool]:
+    query = select(contact_tags.c.contact_id).where(contact_tags.c.tag == tag)
+    if ctx.contact_ids is not None:
+        query = query.where(contact_tags.c.contact_id.in_(ctx.contact_ids))
+    return contacts.c.id.in_(query)
+
+
+def _compile_score(spec: dict, ctx: _Context) -> ColumnElement[bool]:
+    column = contacts.c[SCORE_COLUMNS[spec["kind"]]]
+    bounds = []
+    if "gte" in spec:
+        bounds.append(column >= spec["gte"])
+    if "lte" in spec:
+        bounds.append(column <= spec["lte"])
+    return and_(*bounds)
+
+
+def _compile_stage(stages: list[str], ctx: _Context) -> ColumnElement[bool]:
+    return contacts.c.stage.in_(stages)
+
+
+def _compile_email(spec: dict, ctx: _Context) -> ColumnElement[bool]:
+    conditions = [events.c.type == EMAIL_EVENTS[spec["action"]]]
+    if "template" in spec:
+        template = events.c.props["template_id"]
+        is_number = _json_kind(template) == "number"
+        conditions += [is_number, case((is_number, template.as_float())) == spec["template"]]
+    return _with_events(ctx, *conditions, within_days=spec.get("within_days"))
+
+
+def _compile_event(spec: dict, ctx: _Context) -> ColumnElement[bool]:
+    return _with_events(
+        ctx,
+        events.c.type == "custom",
+        events.c.name == spec["name"],
+        at_least=spec.get("at_least", 1),
+        within_days=spec.get("within_days"),
+    )
+
+
+def _compile_in_segment(name: str, ctx: _Context, path: str) -> ColumnElement[bool]:
+    if name not in ctx.segment_ids:
+        raise _fail(path, f"no segment named {name!r}; create it first or fix the name")
+    query = select(segment_members.c.contact_id).where(
+        segment_members.c.segment_id == ctx.segment_ids[name]
+    )
+    if ctx.contact_ids is not None:
+        query = query.where(segment_members.c.contact_id.in_(ctx.contact_ids))
+    return contacts.c.id.in_(query)
+
+
+COMPILERS: dict[str, Callable[[Any, _Context], ColumnElement[bool]]] = {
+    "visited": _compile_visited,
+    "searched": _compile_searched,
+    "utm": _compile_utm,
+    "referrer_domain": _compile_referrer_domain,
+    "field": _compile_field,
+    "tag": _compile_tag,
+    "score": _compile_score,
+    "stage": _compile_stage,
+    "email": _compile_email,
+    "event": _compile_event,
+}
+
+
+def _compile(node: _Node, ctx: _Context) -> ColumnElement[bool]:
+    if node.kind == "all":
+        return and_(*(_compile(child, ctx) for child in node.spec))
+    if node.kind == "any":
+        return or_(*(_compile(child, ctx) for child in node.spec))
+    if node.kind == "not":
+        return not_(_compile(node.spec[0], ctx))
+    if node.kind == "in_segment":
+        return _compile_in_segment(node.spec, ctx, node.path)
+    return COMPILERS[node.kind](node.spec, ctx)
+
+
+def compile_condition(
+    tree: Any,
+    now: datetime,
+    segment_ids: Mapping[str, int],
+    *,
+    contact_ids: Collection[int] | None = None,
+) -> ColumnElement[bool]:
+    """The tree as one boolean SQL condition over `contacts`, for `select(...).where(...)`.
+
+    `now` (timezone-aware) anchors every `within_days`; `segment_ids` maps the names
+    `in_segment` uses to ids. With `contact_ids`, every subquery is narrowed to those
+    contacts too, so re-evaluating a few touched contacts reads only their rows.
+    Every leaf is true or false, never NULL, so `not` includes contacts without data.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware, e.g. datetime.now(UTC)")
+    ctx = _Context(now.astimezone(UTC), segment_ids, contact_ids)
+    condition = _compile(_parse(tree), ctx)
+    if contact_ids is not None:
+        condition = and_(contacts.c.id.in_(contact_ids), condition)
+    return condition

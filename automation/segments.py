@@ -1,0 +1,199 @@
+"""Segment membership: stored, kept current for touched contacts, rebuilt in full.
+
+Each refresh is two set-based statements per segment: an INSERT … SELECT of the
+contacts that now match and were not members (joins), and a DELETE of members
+that no longer match (leaves); both RETURN the contacts, which are logged in
+`segment_changes` so sequences can react. Incremental refreshes add
+`contact_id IN (touched)` to both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, exists, func, insert, literal, not_, select
+
+from automation.segment_rules import SegmentError, compile_condition, referenced_segments
+from tracker.automation_models import Segment, SegmentChange, SegmentMember
+from tracker.models import Contact
+
+contacts = Contact.__table__
+members = SegmentMember.__table__
+changes = SegmentChange.__table__
+CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class SegmentDef:
+    """A stored segment: its id, name and rule tree."""
+
+    id: int
+    name: str
+    rules: dict[str, Any]
+
+
+@dataclass
+class Refresh:
+    """Who joined and who left, per segment id."""
+
+    joined: dict[int, list[int]] = field(default_factory=dict)
+    left: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def contacts(self) -> set[int]:
+        """Everyone who joined or left a segment."""
+        return {cid for ids in (*self.joined.values(), *self.left.values()) for cid in ids}
+
+
+def load_segments(conn: Connection) -> list[SegmentDef]:
+    """All segments, each after the segments its rules refer to."""
+    rows = conn.execute(select(Segment.id, Segment.name, Segment.rules).order_by(Segment.id))
+    return dependency_order([SegmentDef(id_, name, rules) for id_, name, rules in rows])
+
+
+def dependency_order(segments: Sequence[SegmentDef]) -> list[SegmentDef]:
+    """Order segments so each comes after those it refers to; refuse cycles."""
+    by_name = {s.name: s for s in segments}
+    ordered: list[SegmentDef] = []
+    state: dict[str, str] = {}
+
+    def visit(segment: SegmentDef, trail: tuple[str, ...]) -> None:
+        if state.get(segment.name) == "done":
+            return
+        if state.get(segment.name) == "visiting":
+            raise SegmentError(
+                f"segments refer to each other in a circle: {' -> '.join((*trail, segment.name))}"
+            )
+        state[segment.name] = "visiting"
+        for name in sorted(referenced_segments(segment.rules)):
+            if name not in by_name:
+                raise SegmentError(f"segment {segment.name!r} refers to unknown segment {name!r}")
+            visit(by_name[name], (*trail, segment.name))
+        state[segment.name] = "done"
+        ordered.append(segment)
+
+    for segment in segments:
+        visit(segment, ())
+    return ordered
+
+
+def _ids(conn: Connection) -> dict[str, int]:
+    return dict(conn.execute(select(Segment.name, Segment.id)).all())
+
+
+def _refresh_one(
+    conn: Connection,
+    segment: SegmentDef,
+    condition: Any,
+    now: datetime,
+    touched: Sequence[int] | None,
+) -> tuple[list[int], list[int]]:
+    member = members.alias("m")
+    is_member = exists().where(
+        member.c.segment_id == segment.id, member.c.contact_id == contacts.c.id
+    )
+    matching = select(literal(segment.id), contacts.c.id, literal(now)).where(
+        condition, not_(is_member)
+    )
+    leaving = delete(members).where(
+        members.c.segment_id == segment.id,
+        ~members.c.contact_id.in_(select(contacts.c.id).where(condition)),
+    )
+    if touched is not None:
+        matching = matching.where(contacts.c.id.in_(touched))
+        leaving = leaving.where(members.c.contact_id.in_(touched))
+    joined = (
+        conn.execute(
+            insert(members)
+            .from_select(["segment_id", "contact_id", "since"], matching)
+            .returning(members.c.contact_id)
+        )
+        .scalars()
+        .all()
+    )
+    left = conn.execute(leaving.returning(members.c.contact_id)).scalars().all()
+    log = [
+        {"segment_id": segment.id, "contact_id": cid, "change": "join", "created_at": now}
+        for cid in joined
+    ]
+    log += [
+        {"segment_id": segment.id, "contact_id": cid, "change": "leave", "created_at": now}
+        for cid in left
+    ]
+    if log:
+        conn.execute(insert(changes), log)
+    return list(joined), list(left)
+
+
+def refresh(
+    conn: Connection,
+    now: datetime,
+    touched: Iterable[int] | None = None,
+    only: Iterable[int] | None = None,
+    segments: Sequence[SegmentDef] | None = None,
+    progress: Callable[[SegmentDef, int, int], None] | None = None,
+) -> Refresh:
+    """Bring membership up to date: for the touched contacts only, or for everyone.
+
+    `only` limits a full rebuild to some segment ids (plus nothing else: segments
+    that refer to them are refreshed on their own schedule).
+    """
+    segments = segments if segments is not None else load_segments(conn)
+    if only is not None:
+        wanted = set(only)
+        segments = [s for s in segments if s.id in wanted]
+    result = Refresh()
+    if not segments:
+        return result
+    ids = _ids(conn)
+    touched_list = sorted(set(touched)) if touched is not None else None
+    if touched_list == []:
+        return result
+    for position, segment in enumerate(segments, 1):
+        condition = compile_condition(segment.rules, now, ids)
+        if touched_list is None:
+            joined, left = _refresh_one(conn, segment, condition, now, None)
+        else:
+            joined, left = [], []
+            for start in range(0, len(touched_list), CHUNK):
+                j, lft = _refresh_one(
+                    conn, segment, condition, now, touched_list[start : start + CHUNK]
+                )
+                joined += j
+                left += lft
+        result.joined[segment.id], result.left[segment.id] = joined, left
+        if progress:
+            progress(segment, position, len(segments))
+    return result
+
+
+def preview(
+    conn: Connection, rules: dict[str, Any], now: datetime, sample: int = 10
+) -> tuple[int, list[str]]:
+    """How many contacts a rule tree matches now, and a few of their emails."""
+    condition = compile_condition(rules, now, _ids(conn))
+    count = conn.execute(select(func.count()).select_from(contacts).where(condition)).scalar()
+    emails = (
+        conn.execute(
+            select(contacts.c.email).where(condition).order_by(contacts.c.id.desc()).limit(sample)
+        )
+        .scalars()
+        .all()
+    )
+    return count or 0, list(emails)
+
+
+def memberships(conn: Connection, contact_ids: Iterable[int]) -> dict[int, set[int]]:
+    """The segments each contact is in."""
+    found: dict[int, set[int]] = {}
+    ordered = sorted(set(contact_ids))
+    for start in range(0, len(ordered), CHUNK):
+        query = select(members.c.contact_id, members.c.segment_id).where(
+            members.c.contact_id.in_(ordered[start : start + CHUNK])
+        )
+        for contact_id, segment_id in conn.execute(query):
+            found.setdefault(contact_id, set()).add(segment_id)
+    return found

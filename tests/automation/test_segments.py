@@ -1,0 +1,169 @@
+"""Segments through the pipeline: membership kept current by ingestion, rebuilt in full,
+previewed before saving, with joins and leaves logged."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from tests.automation.test_scoring_pipeline import contact
+from tests.conftest import event, ingest_all, post_events
+from tracker.automation_models import ContactTag, Segment, SegmentChange, SegmentMember
+from tracker.db import db
+from tracker.models import Contact
+
+RULES = """\
+segments:
+  - name: Pricing fans
+    match:
+      visited: {path: "/pricing*", at_least: 2, within_days: 30}
+  - name: Hot pricing fans
+    match:
+      all:
+        - in_segment: Pricing fans
+        - tag: hot
+rules:
+  - name: Pricing
+    event: pageview
+    when: {path: "/pricing*"}
+    points: 10
+thresholds:
+  - name: Hot
+    score: engagement
+    at_least: 20
+    actions: [{add_tag: hot}]
+  - name: Fans to MQL
+    score: engagement
+    at_least: 20
+    segment: Hot pricing fans
+    actions: [{set_stage: mql}]
+"""
+
+
+def load(app, tmp_path, text=RULES):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    return app.test_cli_runner().invoke(args=["automation", "load", str(path)]), str(path)
+
+
+def members(app, name):
+    with app.app_context():
+        return set(
+            db.session.scalars(
+                select(Contact.email)
+                .join(SegmentMember, SegmentMember.contact_id == Contact.id)
+                .join(Segment, Segment.id == SegmentMember.segment_id)
+                .where(Segment.name == name)
+            )
+        )
+
+
+def test_ingestion_keeps_segments_current_and_logs_joins(app, client, site, tmp_path):
+    result, _ = load(app, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "2 segments" in result.output
+    post_events(
+        client,
+        site.key,
+        [event("identify", email="ada@example.com"), event(url="https://example.com/pricing")],
+    )
+    ingest_all(app)
+    assert members(app, "Pricing fans") == set()
+    post_events(client, site.key, [event(url="https://example.com/pricing/teams")])
+    ingest_all(app)
+    # Second pricing view: 20 points → tag "hot" → both segments → the segment threshold fires.
+    assert members(app, "Pricing fans") == {"ada@example.com"}
+    assert members(app, "Hot pricing fans") == {"ada@example.com"}
+    assert contact(app).stage == "mql"
+    with app.app_context():
+        log = db.session.execute(
+            select(Segment.name, SegmentChange.change)
+            .join(Segment, Segment.id == SegmentChange.segment_id)
+            .order_by(SegmentChange.id)
+        ).all()
+    assert [tuple(row) for row in log] == [("Pricing fans", "join"), ("Hot pricing fans", "join")]
+
+
+def test_leaving_is_logged_and_only_touched_contacts_move_incrementally(
+    app, client, site, tmp_path
+):
+    load(app, tmp_path)
+    post_events(
+        client,
+        site.key,
+        [
+            event("identify", email="ada@example.com"),
+            event(url="https://example.com/pricing"),
+            event(url="https://example.com/pricing/x"),
+        ],
+    )
+    ingest_all(app)
+    assert "ada@example.com" in members(app, "Hot pricing fans")
+    with app.app_context():
+        db.session.execute(ContactTag.__table__.delete())
+        db.session.add(Contact(email="bob@example.com", traits={}))
+        db.session.commit()
+    # Nothing of Ada's arrived: incremental refreshes leave her alone …
+    post_events(client, site.key, [event(url="https://example.com/")], visitor="other-0001")
+    ingest_all(app)
+    assert "ada@example.com" in members(app, "Hot pricing fans")
+    # … the full rebuild sees the tag is gone.
+    result = app.test_cli_runner().invoke(args=["segments", "rebuild"])
+    assert result.exit_code == 0, result.output
+    assert members(app, "Hot pricing fans") == set()
+    assert members(app, "Pricing fans") == {"ada@example.com"}
+    with app.app_context():
+        changes = db.session.scalars(select(SegmentChange.change).order_by(SegmentChange.id)).all()
+        assert changes[-1] == "leave"
+        rebuilt = db.session.scalars(select(Segment.rebuilt_at)).all()
+        assert all(rebuilt)
+    listed = app.test_cli_runner().invoke(args=["segments", "list"]).output
+    assert "Pricing fans\t1 members" in listed
+
+
+def test_preview_counts_without_saving(app, client, site, tmp_path):
+    post_events(
+        client,
+        site.key,
+        [
+            event("identify", email="ada@example.com"),
+            event(url="https://example.com/pricing"),
+            event(url="https://example.com/pricing/x"),
+        ],
+    )
+    ingest_all(app)
+    path = tmp_path / "draft.yaml"
+    path.write_text(RULES)
+    result = app.test_cli_runner().invoke(args=["segments", "preview", str(path), "Pricing fans"])
+    assert result.exit_code == 0, result.output
+    assert "1 contacts match 'Pricing fans'" in result.output
+    assert "ada@example.com" in result.output
+    with app.app_context():
+        assert db.session.scalars(select(Segment)).all() == []
+
+
+def test_circular_segments_are_refused(app, tmp_path):
+    circular = """\
+segments:
+  - name: A
+    match: {in_segment: B}
+  - name: B
+    match: {not: {in_segment: A}}
+"""
+    result, _ = load(app, tmp_path, circular)
+    assert result.exit_code == 1
+    assert "circle" in result.output
+    with app.app_context():
+        assert db.session.scalars(select(Segment)).all() == []
+
+
+def test_unknown_segment_keys_name_the_line(app, tmp_path):
+    bad = """\
+segments:
+  - name: Typo
+    match:
+      visited: {pth: "/pricing"}
+"""
+    result, _ = load(app, tmp_path, bad)
+    assert result.exit_code == 1
+    assert "rules.yaml:2: segment 'Typo':" in result.output
+    assert "pth" in result.output
