@@ -191,19 +191,23 @@ class StreamIngestor:
     def run(
         self, seconds: float, on_batch: Callable[[BatchResult], None] | None = None
     ) -> BatchResult:
-        """Keep ingesting for `seconds`, draining the spool now and then; return the totals."""
+        """Keep ingesting for `seconds`, draining the spool now and then; return the totals.
+
+        The stream is read first: a job that takes over from another must not make
+        the events that arrived meanwhile wait for its housekeeping.
+        """
         self.ensure_group()
-        self.prune_consumers()
         total = BatchResult()
-        deadline = time.monotonic() + seconds
-        next_spool_check = next_repair = 0.0
+        started = time.monotonic()
+        deadline = started + seconds
+        housekeeping = started + HOUSEKEEPING_DELAY_SECONDS
+        next_spool_check = housekeeping
         while time.monotonic() < deadline:
             if time.monotonic() >= next_spool_check:
+                if next_spool_check == housekeeping:
+                    self.prune_consumers()
                 total.stored += drain_spool()
                 next_spool_check = time.monotonic() + SPOOL_CHECK_SECONDS
-            if time.monotonic() >= next_repair:
-                repair_recent_identities()
-                next_repair = time.monotonic() + REPAIR_SECONDS
             result = self.run_once()
             total.read += result.read
             total.stored += result.stored
@@ -222,8 +226,8 @@ SETTLE_ROUNDS = 3
 SPOOL_CHECK_SECONDS = 5.0
 """How often a running ingestion job looks for batches spooled while Redis was down."""
 
-REPAIR_SECONDS = 60.0
-"""How often a running ingestion job re-points events a concurrent identify missed."""
+HOUSEKEEPING_DELAY_SECONDS = 2.0
+"""A new ingestion job reads for this long before it prunes consumers and drains the spool."""
 
 REPAIR_WINDOW = timedelta(hours=1)
 """How far back that repair looks."""

@@ -126,3 +126,10 @@ def rebuild_segments(segment_ids: list[int] | None = None) -> dict[str, int]:
         "joined": sum(map(len, moved.joined.values())),
         "left": sum(map(len, moved.left.values())),
     }
+
+
+def repair_identities() -> int:
+    """Re-point recent anonymous events of identified visitors (see automation.store)."""
+    from automation.ingest import repair_recent_identities
+
+    return repair_recent_identities()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import redis
 from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 from rq import Queue
+from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from automation.jobs import INGEST_QUEUE
@@ -48,12 +50,36 @@ class LeaderLock:
             self.redis.delete(self.key)
 
 
-def ensure_ingestion(client: redis.Redis, concurrency: int, job_seconds: float) -> int:
-    """Enqueue ingestion jobs until `concurrency` are queued or running; return how many."""
+def ending_soon(
+    started: list[datetime | None], now: datetime, job_seconds: float, lead_seconds: float
+) -> int:
+    """How many jobs started at these times are within `lead_seconds` of their end."""
+    cutoff = now - timedelta(seconds=max(job_seconds - lead_seconds, 0))
+    return sum(
+        1
+        for begun in started
+        if begun is not None and (begun if begun.tzinfo else begun.replace(tzinfo=UTC)) < cutoff
+    )
+
+
+def ensure_ingestion(
+    client: redis.Redis, concurrency: int, job_seconds: float, lead_seconds: float = 0.0
+) -> int:
+    """Enqueue ingestion jobs until `concurrency` are queued or running; return how many.
+
+    A running job within `lead_seconds` of its end no longer counts, so its
+    successor is already queued when it stops and the stream is never left unread.
+    """
     queue = Queue(INGEST_QUEUE, connection=client)
     started = StartedJobRegistry(queue=queue)
     started.cleanup()  # jobs of workers that died no longer count as running
-    active = started.count + queue.count
+    ending = 0
+    if lead_seconds:
+        jobs = Job.fetch_many(started.get_job_ids(), connection=client)
+        ending = ending_soon(
+            [j.started_at for j in jobs if j], datetime.now(UTC), job_seconds, lead_seconds
+        )
+    active = started.count - ending + queue.count
     added = 0
     while active + added < concurrency:
         queue.enqueue(
@@ -68,6 +94,7 @@ def ensure_ingestion(client: redis.Redis, concurrency: int, job_seconds: float) 
 
 PERIODIC: tuple[tuple[str, int], ...] = (
     ("automation.jobs.sweep_action_runs", 60),
+    ("automation.jobs.repair_identities", 60),
     ("automation.jobs.apply_decay", 3600),
     ("automation.jobs.rebuild_segments", 900),
 )
@@ -95,7 +122,12 @@ def tick(app: Flask, lock: LeaderLock) -> None:
     try:
         if not lock.acquire_or_renew():
             return
-        ensure_ingestion(client, app.config["INGEST_CONCURRENCY"], app.config["INGEST_JOB_SECONDS"])
+        ensure_ingestion(
+            client,
+            app.config["INGEST_CONCURRENCY"],
+            app.config["INGEST_JOB_SECONDS"],
+            lead_seconds=2 * app.config["SCHEDULER_TICK_SECONDS"],
+        )
         enqueue_periodic(client)
     except redis.RedisError as e:
         log.warning("scheduler tick skipped, Redis unavailable: %s", e)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from flask.cli import AppGroup, FlaskGroup, with_appcontext
 from sqlalchemy import select
 
 from tracker.db import db
-from tracker.models import Contact, Event, Site, Visitor
+from tracker.models import Contact, Event, Site
 from tracker.payload import normalise_email
 from tracker.sites import create_site
 
@@ -67,93 +68,12 @@ def sites_list() -> None:
         click.echo(f"{site.id}\t{site.key}\t{site.name}\t{','.join(site.domains)}")
 
 
-def _iso(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
-
-
-def _columns(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: _iso(getattr(row, name)) for name in names}
-
-
-def contact_report(email: str, events: int = 50) -> dict[str, Any] | None:
-    """Everything known about one contact, as plain JSON-ready data."""
-    contact = db.session.scalar(select(Contact).where(Contact.email == normalise_email(email)))
-    if contact is None:
-        return None
-    visitors = db.session.scalars(
-        select(Visitor).where(Visitor.contact_id == contact.id).order_by(Visitor.first_seen)
-    ).all()
-    recent = db.session.scalars(
-        select(Event)
-        .where(Event.contact_id == contact.id)
-        .order_by(Event.occurred_at.desc(), Event.id.desc())
-        .limit(events)
-    ).all()
-    return {
-        "contact": _columns(
-            contact,
-            (
-                "id",
-                "email",
-                "first_name",
-                "last_name",
-                "company",
-                "traits",
-                "created_at",
-                "updated_at",
-            ),
-        ),
-        "score": contact.score,
-        "stage": contact.stage,
-        "visitors": [
-            _columns(
-                v,
-                (
-                    "id",
-                    "site_id",
-                    "key",
-                    "first_seen",
-                    "last_seen",
-                    "landing_url",
-                    "referrer",
-                    "utm_source",
-                    "utm_medium",
-                    "utm_campaign",
-                    "click_id",
-                    "is_bot",
-                ),
-            )
-            for v in visitors
-        ],
-        "events": [
-            {
-                "uuid": str(e.uuid),
-                **_columns(
-                    e,
-                    (
-                        "type",
-                        "occurred_at",
-                        "url",
-                        "title",
-                        "name",
-                        "target",
-                        "query",
-                        "seconds",
-                        "props",
-                        "is_bot",
-                        "bot_reason",
-                    ),
-                ),
-            }
-            for e in recent
-        ],
-    }
-
-
 @contacts_cli.command("show")
 @click.argument("email")
 def contacts_show(email: str) -> None:
     """Print a contact, its visitors, score, stage and last 50 events as JSON."""
+    from tracker.contact_report import contact_report
+
     report = contact_report(email)
     if report is None:
         raise click.ClickException(f"no contact has the email {email!r}")
@@ -331,12 +251,25 @@ def scheduler_command() -> None:
 
 
 def _ensure_demo_site() -> Site:
+    """The demo site, a demo salesperson, and the demo rules when none exist yet."""
+    from automation.config_file import parse
+    from automation.config_store import apply
+    from tracker.automation_models import ScoringRule
     from tracker.demo import DEMO_SITE_NAME
+    from tracker.models import User
 
     site = db.session.scalar(select(Site).where(Site.name == DEMO_SITE_NAME))
     if site is None:
         site = create_site(DEMO_SITE_NAME, ["127.0.0.1", "localhost"])
         db.session.commit()
+    if db.session.scalar(select(User).limit(1)) is None:
+        db.session.add(User(email="sam.sales@demo.test", name="Sam Sales", role="sales"))
+        db.session.commit()
+    if db.session.scalar(select(ScoringRule).limit(1)) is None:
+        rules = Path(__file__).parent / "templates" / "demo" / "rules.yaml"
+        with db.engine.begin() as conn:
+            apply(conn, parse(rules.read_text(), str(rules)), str(rules))
+        click.echo(f"loaded the demo rules from {rules}")
     return site
 
 
@@ -402,7 +335,12 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     threading.Thread(target=_feed, args=(app, stop), daemon=True).start()
     click.echo(f"\nClosed Loop is running: tracker {tracker_url}  (health: {tracker_url}/healthz)")
     click.echo(f"Demo website: {demo_url}  — click around; events appear below.")
-    click.echo("Inspect a contact: flask --app wsgi contacts show EMAIL\n")
+    click.echo("Inspect a contact: .venv/bin/flask --app wsgi contacts show EMAIL")
+    click.echo(
+        "Reach 30 points (pricing, tour, whitepaper, video, a search, a company in the "
+        "contact form) and the lead becomes an MQL for Sam Sales; the email Sam gets "
+        f"lands in {Path(app.instance_path) / 'outbox'}\n"
+    )
     try:
         make_server(host, port, app, threaded=True).serve_forever()
     except (KeyboardInterrupt, SystemExit):
@@ -410,8 +348,14 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     finally:
         stop.set()
         demo.shutdown()
+        # RQ stops after the current job on the first signal (an ingestion job reads
+        # for a minute) and at once on the second; unacknowledged events stay in Redis.
         for child in children:
             child.terminate()
+        time.sleep(1)
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
         for child in children:
             try:
                 child.wait(10)

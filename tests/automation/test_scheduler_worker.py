@@ -114,3 +114,19 @@ def test_a_queued_run_whose_job_was_lost_is_enqueued_again(app, site):
         assert sweep_action_runs() == 1  # the old one; the new one may still be in flight
         assert sweep_action_runs() == 0  # its job is queued now
     assert len(Queue("default", connection=get_redis(app)).job_ids) == 1
+
+
+def test_a_job_near_its_end_no_longer_counts_so_its_successor_is_queued():
+    from datetime import UTC, datetime, timedelta
+
+    from automation.scheduler import ending_soon
+
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+    started = [
+        now - timedelta(seconds=30),
+        now - timedelta(seconds=59),
+        (now - timedelta(seconds=58.5)).replace(tzinfo=None),
+        None,
+    ]
+    assert ending_soon(started, now, job_seconds=60, lead_seconds=2) == 2
+    assert ending_soon(started, now, job_seconds=60, lead_seconds=0) == 0

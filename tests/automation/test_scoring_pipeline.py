@@ -316,3 +316,44 @@ def test_a_browser_identifying_as_someone_else_does_not_rescore_history(
     ingest_all(app)
     assert contact(app, "ada@example.com").engagement_score == 10
     assert contact(app, "bob@example.com").engagement_score == 10
+
+
+def test_contacts_show_tells_the_whole_story(app, client, site, tmp_path):
+    import json
+
+    load(app, tmp_path)
+    add_sales(app, "sam@acme.test")
+    post_events(
+        client,
+        site.key,
+        [
+            event("identify", email="ada@example.com", traits={"job_title": "Director"}),
+            event(url="https://example.com/pricing"),
+            event(url="https://example.com/pricing/x"),
+            event(url="https://example.com/pricing/y"),
+        ],
+    )
+    ingest_all(app)
+    report = json.loads(
+        app.test_cli_runner().invoke(args=["contacts", "show", "ada@example.com"]).output
+    )
+    assert (report["engagement_score"], report["fit_score"], report["score"]) == (30, 20, 50)
+    assert report["stage"] == "mql" and report["tags"] == ["hot"]
+    assert report["owner"] == {"name": "Sam", "email": "sam@acme.test"}
+    assert [(c["from_stage"], c["to_stage"]) for c in report["stage_history"]] == [("lead", "mql")]
+    assert sorted(p["rule"] or p["reason"] for p in report["points"]) == [
+        "Pricing page",
+        "Pricing page",
+        "Pricing page",
+        "fit",
+    ]
+
+
+def test_the_demo_rules_file_is_valid():
+    from pathlib import Path
+
+    from automation.config_file import parse
+
+    path = Path(__file__).parents[2] / "tracker" / "templates" / "demo" / "rules.yaml"
+    spec = parse(path.read_text(), str(path))
+    assert spec.thresholds[0].minimum == 30
