@@ -20,6 +20,11 @@ class Reason:
     at: datetime
 
 
+def _one_line(text: str) -> str:
+    """Visitor-typed text made safe for a header or a line: no control characters."""
+    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
+
+
 def owner_notification(
     contact: dict[str, Any],
     owner: dict[str, Any],
@@ -29,15 +34,18 @@ def owner_notification(
     base_url: str,
 ) -> EmailMessage:
     """A plain-text message: who the lead is, their scores, and what earned the points."""
-    name = " ".join(p for p in (contact.get("first_name"), contact.get("last_name")) if p)
-    who = f"{name} <{contact['email']}>" if name else contact["email"]
+    name = _one_line(
+        " ".join(p for p in (contact.get("first_name"), contact.get("last_name")) if p)
+    )
+    email = _one_line(contact["email"])
+    who = f"{name} <{email}>" if name else email
     total = contact["engagement_score"] + contact["fit_score"]
     lines = [
         f"Hello {owner['name']},",
         "",
         f"{who} crossed the threshold {threshold!r} and is now yours.",
         "",
-        f"Company:    {contact.get('company') or '-'}",
+        f"Company:    {_one_line(contact.get('company') or '-')}",
         f"Stage:      {contact['stage']}",
         f"Score:      {total} (engagement {contact['engagement_score']}, "
         f"fit {contact['fit_score']})",
@@ -45,7 +53,7 @@ def owner_notification(
         "What earned the points, most recent first:",
     ]
     for reason in reasons:
-        what = " ".join(p for p in (reason.event_type, reason.detail) if p)
+        what = _one_line(" ".join(p for p in (reason.event_type, reason.detail) if p))
         lines.append(
             f"  {reason.delta:+d}  {reason.rule}  ({what}, {reason.at:%Y-%m-%d %H:%M} UTC)"
         )

@@ -250,6 +250,11 @@ def scheduler_command() -> None:
     run(current_app._get_current_object())
 
 
+def printable(text: str) -> str:
+    """Visitor-typed text made safe for a terminal: control characters (escapes) shown as ?."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def _ensure_demo_site() -> Site:
     """The demo site, a demo salesperson, and the demo rules when none exist yet."""
     from automation.config_file import parse
@@ -293,7 +298,8 @@ def _feed(app: Flask, stop: threading.Event) -> None:
                     detail = f"{event.seconds}s"
                 who = email or f"visitor {event.visitor_id}"
                 bot = f" [bot: {event.bot_reason}]" if event.is_bot else ""
-                click.echo(f"  event  {event.type:<9} {event.path or ''} {detail}  ({who}){bot}")
+                line = f"  event  {event.type:<9} {event.path or ''} {detail}  ({who}){bot}"
+                click.echo(printable(line))
 
 
 @click.command("dev")

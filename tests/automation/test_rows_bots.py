@@ -84,3 +84,32 @@ def test_visitor_touch_keeps_the_earliest_event_as_first_touch():
     assert touch.landing["landing_url"] == "https://acme.test/a?utm_source=early"
     assert touch.landing["utm_source"] == "early"
     assert touch.last_seen > touch.first_seen
+
+
+def test_visitor_typed_text_cannot_break_out_of_a_header_or_a_terminal():
+    from datetime import UTC, datetime
+
+    from automation.notify import Reason, owner_notification
+    from tracker.cli import printable
+
+    contact = {
+        "email": "ada@example.com",
+        "first_name": "Ada\r\nBcc: all@evil.test",
+        "last_name": None,
+        "company": "\x1b[31mAcme",
+        "stage": "mql",
+        "engagement_score": 40,
+        "fit_score": 10,
+    }
+    message = owner_notification(
+        contact,
+        {"name": "Sam", "email": "sam@acme.test"},
+        "MQL",
+        [Reason("Pricing", 10, "pageview", "/pricing\x1b[2J", datetime(2026, 1, 1, tzinfo=UTC))],
+        "Closed Loop <cl@acme.test>",
+        "https://cl.acme.test",
+    )
+    assert message["Bcc"] is None
+    assert "\r" not in message["Subject"] and "\n" not in message["Subject"]
+    assert "\x1b" not in message.get_content()
+    assert printable("visit \x1b[2J/pricing\r") == "visit ?[2J/pricing?"
