@@ -14,7 +14,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, func, insert, literal, not_, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    MetaData,
+    Table,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
 
 from automation.segment_rules import SegmentError, compile_condition, referenced_segments
 from tracker.automation_models import Segment, SegmentChange, SegmentMember
@@ -84,6 +97,26 @@ def _ids(conn: Connection) -> dict[str, int]:
     return dict(conn.execute(select(Segment.name, Segment.id)).all())
 
 
+MATCHES = Table(
+    "segment_matches",
+    MetaData(),
+    Column("id", BigInteger, primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+"""Per connection scratch table: the contacts a segment's query matches, computed once."""
+
+
+def _matches(conn: Connection, condition: Any, touched: Sequence[int] | None) -> None:
+    conn.execute(
+        text("CREATE TEMPORARY TABLE IF NOT EXISTS segment_matches (id BIGINT PRIMARY KEY)")
+    )
+    conn.execute(delete(MATCHES))
+    query = select(contacts.c.id).where(condition)
+    if touched is not None:
+        query = query.where(contacts.c.id.in_(touched))
+    conn.execute(insert(MATCHES).from_select(["id"], query))
+
+
 def _refresh_one(
     conn: Connection,
     segment: SegmentDef,
@@ -91,29 +124,28 @@ def _refresh_one(
     now: datetime,
     touched: Sequence[int] | None,
 ) -> tuple[list[int], list[int]]:
-    member = members.alias("m")
+    # The segment's query runs once; joins and leaves are then anti-joins against
+    # its result, which every database can hash, however many contacts match.
+    _matches(conn, condition, touched)
     is_member = exists().where(
-        member.c.segment_id == segment.id, member.c.contact_id == contacts.c.id
+        members.c.segment_id == segment.id, members.c.contact_id == MATCHES.c.id
     )
-    matching = select(literal(segment.id), contacts.c.id, literal(now)).where(
-        condition, not_(is_member)
-    )
-    leaving = delete(members).where(
-        members.c.segment_id == segment.id,
-        ~members.c.contact_id.in_(select(contacts.c.id).where(condition)),
-    )
-    if touched is not None:
-        matching = matching.where(contacts.c.id.in_(touched))
-        leaving = leaving.where(members.c.contact_id.in_(touched))
     joined = (
         conn.execute(
             insert(members)
-            .from_select(["segment_id", "contact_id", "since"], matching)
+            .from_select(
+                ["segment_id", "contact_id", "since"],
+                select(literal(segment.id), MATCHES.c.id, literal(now)).where(~is_member),
+            )
             .returning(members.c.contact_id)
         )
         .scalars()
         .all()
     )
+    matched = exists().where(MATCHES.c.id == members.c.contact_id)
+    leaving = delete(members).where(members.c.segment_id == segment.id, ~matched)
+    if touched is not None:
+        leaving = leaving.where(members.c.contact_id.in_(touched))
     left = conn.execute(leaving.returning(members.c.contact_id)).scalars().all()
     log = [
         {"segment_id": segment.id, "contact_id": cid, "change": "join", "created_at": now}
