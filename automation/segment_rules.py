@@ -9,7 +9,7 @@ wildcards are escaped.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,7 +97,7 @@ def _choice(*options: str) -> Callable[[Any, str], str]:
 
 def _domain(value: Any, path: str) -> str:
     domain = _text(value, path).strip().lower().rstrip(".")
-    if any(c in domain for c in "/:?#@ ") or domain.startswith("."):
+    if any(c in domain for c in "/:?#@* ") or domain.startswith("."):
         raise _fail(path, f"give a host name such as 'news.ycombinator.com', not {value!r}")
     return domain
 
@@ -342,6 +342,7 @@ class _Context:
     now: datetime
     segment_ids: Mapping[str, int]
     contact_ids: Collection[int] | None
+    conjunct: bool = True  # reached from the root through `all` only
 
 
 def _like_escape(text: str) -> str:
@@ -358,25 +359,41 @@ def _ilike(column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
     return func.lower(column).like(pattern.lower(), escape=ESCAPE)
 
 
+def _contacts_with(
+    ctx: _Context, contact_id: ColumnElement[Any], *conditions: Any, at_least: int = 1
+) -> ColumnElement[bool]:
+    """Contacts with at least `at_least` rows meeting `conditions` in `contact_id`'s table.
+
+    As a plain conjunct, `IN (subquery)` becomes a semi-join that PostgreSQL hashes over
+    the whole table. Under `any` or `not` it would become a subplan hashed only when it
+    fits in work_mem, and rescanned for every contact when it does not; there a
+    correlated EXISTS is used instead, which falls back to an index probe per contact.
+    """
+    where = [contact_id.is_not(None), *conditions]
+    if ctx.contact_ids is not None:
+        where.append(contact_id.in_(ctx.contact_ids))
+    if ctx.conjunct:
+        query = select(contact_id).where(*where)
+    else:
+        query = select(contact_id).where(contact_id == contacts.c.id, *where)
+    if at_least > 1:
+        query = query.group_by(contact_id).having(func.count() >= at_least)
+    if ctx.conjunct:
+        return contacts.c.id.in_(query)
+    return query.correlate(contacts).exists()
+
+
 def _with_events(
     ctx: _Context, *conditions: Any, at_least: int = 1, within_days: int | None = None
 ) -> ColumnElement[bool]:
-    where = [events.c.contact_id.is_not(None), ~events.c.is_bot, *conditions]
+    where = [~events.c.is_bot, *conditions]
     if within_days is not None:
         where.append(events.c.occurred_at >= ctx.now - timedelta(days=within_days))
-    if ctx.contact_ids is not None:
-        where.append(events.c.contact_id.in_(ctx.contact_ids))
-    query = select(events.c.contact_id).where(*where)
-    if at_least > 1:
-        query = query.group_by(events.c.contact_id).having(func.count() >= at_least)
-    return contacts.c.id.in_(query)
+    return _contacts_with(ctx, events.c.contact_id, *where, at_least=at_least)
 
 
 def _with_first_touch(ctx: _Context, *conditions: Any) -> ColumnElement[bool]:
-    where = [visitors.c.contact_id.is_not(None), ~visitors.c.is_bot, *conditions]
-    if ctx.contact_ids is not None:
-        where.append(visitors.c.contact_id.in_(ctx.contact_ids))
-    return contacts.c.id.in_(select(visitors.c.contact_id).where(*where))
+    return _contacts_with(ctx, visitors.c.contact_id, ~visitors.c.is_bot, *conditions)
 
 
 def _compile_visited(spec: dict, ctx: _Context) -> ColumnElement[bool]:
@@ -490,10 +507,7 @@ def _compile_field(spec: dict, ctx: _Context) -> ColumnElement[bool]:
 
 
 def _compile_tag(tag: str, ctx: _Context) -> ColumnElement[bool]:
-    query = select(contact_tags.c.contact_id).where(contact_tags.c.tag == tag)
-    if ctx.contact_ids is not None:
-        query = query.where(contact_tags.c.contact_id.in_(ctx.contact_ids))
-    return contacts.c.id.in_(query)
+    return _contacts_with(ctx, contact_tags.c.contact_id, contact_tags.c.tag == tag)
 
 
 def _compile_score(spec: dict, ctx: _Context) -> ColumnElement[bool]:
@@ -532,12 +546,8 @@ def _compile_event(spec: dict, ctx: _Context) -> ColumnElement[bool]:
 def _compile_in_segment(name: str, ctx: _Context, path: str) -> ColumnElement[bool]:
     if name not in ctx.segment_ids:
         raise _fail(path, f"no segment named {name!r}; create it first or fix the name")
-    query = select(segment_members.c.contact_id).where(
-        segment_members.c.segment_id == ctx.segment_ids[name]
-    )
-    if ctx.contact_ids is not None:
-        query = query.where(segment_members.c.contact_id.in_(ctx.contact_ids))
-    return contacts.c.id.in_(query)
+    segment_id = segment_members.c.segment_id == ctx.segment_ids[name]
+    return _contacts_with(ctx, segment_members.c.contact_id, segment_id)
 
 
 COMPILERS: dict[str, Callable[[Any, _Context], ColumnElement[bool]]] = {
@@ -558,9 +568,10 @@ def _compile(node: _Node, ctx: _Context) -> ColumnElement[bool]:
     if node.kind == "all":
         return and_(*(_compile(child, ctx) for child in node.spec))
     if node.kind == "any":
-        return or_(*(_compile(child, ctx) for child in node.spec))
+        nested = replace(ctx, conjunct=False)
+        return or_(*(_compile(child, nested) for child in node.spec))
     if node.kind == "not":
-        return not_(_compile(node.spec[0], ctx))
+        return not_(_compile(node.spec[0], replace(ctx, conjunct=False)))
     if node.kind == "in_segment":
         return _compile_in_segment(node.spec, ctx, node.path)
     return COMPILERS[node.kind](node.spec, ctx)

@@ -37,6 +37,8 @@ contacts = Contact.__table__
 members = SegmentMember.__table__
 changes = SegmentChange.__table__
 CHUNK = 1000
+REBUILD_WORK_MEM = "64MB"
+"""PostgreSQL work_mem for the transaction of a full rebuild."""
 
 
 @dataclass(frozen=True)
@@ -180,20 +182,24 @@ def refresh(
     result = Refresh()
     if not segments:
         return result
+    if touched is None and conn.dialect.name == "postgresql":
+        # Full rebuilds hash big sets; PostgreSQL's 4 MB default spills them.
+        conn.execute(text(f"SET LOCAL work_mem = '{REBUILD_WORK_MEM}'"))
     ids = _ids(conn)
     touched_list = sorted(set(touched)) if touched is not None else None
     if touched_list == []:
         return result
     for position, segment in enumerate(segments, 1):
-        condition = compile_condition(segment.rules, now, ids)
         if touched_list is None:
+            condition = compile_condition(segment.rules, now, ids)
             joined, left = _refresh_one(conn, segment, condition, now, None)
         else:
             joined, left = [], []
             for start in range(0, len(touched_list), CHUNK):
-                j, lft = _refresh_one(
-                    conn, segment, condition, now, touched_list[start : start + CHUNK]
-                )
+                chunk = touched_list[start : start + CHUNK]
+                # Narrowed inside every subquery: only the touched contacts' rows are read.
+                condition = compile_condition(segment.rules, now, ids, contact_ids=chunk)
+                j, lft = _refresh_one(conn, segment, condition, now, chunk)
                 joined += j
                 left += lft
         result.joined[segment.id], result.left[segment.id] = joined, left

@@ -116,6 +116,8 @@ class Event(db.Model):
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_contact_time", "contact_id", "occurred_at"),
+        # Segments count a contact's events of one type in a window.
+        Index("ix_events_contact_type_time", "contact_id", "type", "occurred_at"),
         Index("ix_events_visitor_time", "visitor_id", "occurred_at"),
         Index("ix_events_site_time", "site_id", "occurred_at"),
     )

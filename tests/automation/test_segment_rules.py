@@ -133,6 +133,16 @@ def test_marketer_text_reaches_the_sql_only_as_parameters():
     assert "drop table" not in sql
 
 
+def test_plain_conjuncts_are_semi_joins_and_the_rest_correlated_exists():
+    # Under any/not an uncorrelated IN is rescanned per contact once it outgrows work_mem.
+    pricing = {"visited": {"path": "/pricing", "at_least": 2}}
+    joined = str(compile_condition({"all": [pricing, {"tag": "hot"}]}, NOW, {}).compile())
+    assert joined.count("contacts.id IN (SELECT") == 2 and "EXISTS" not in joined
+    nested = str(compile_condition({"any": [pricing, {"not": {"tag": "hot"}}]}, NOW, {}).compile())
+    assert nested.count("EXISTS (SELECT") == 2 and "contacts.id IN" not in nested
+    assert "events.contact_id = contacts.id" in nested
+
+
 def test_an_unknown_segment_or_a_naive_now_is_refused():
     with pytest.raises(SegmentError, match=r"any\[1\].in_segment: no segment named 'Gone'"):
         compile_condition({"any": [{"tag": "a"}, {"in_segment": "Gone"}]}, NOW, {"Other": 1})
@@ -200,6 +210,8 @@ def test_visited_counts_matching_pageviews_within_the_window(app, site):
         happened(None, site.id, path="/pricing", days_ago=1)  # anonymous
         twice = {"visited": {"path": "/pricing*", "at_least": 2, "within_days": 30}}
         assert matching(twice) == {"ann"}
+        assert matching({"not": twice}) == {"bob", "cat", "dan"}
+        assert matching({"any": [twice, {"stage": "customer"}]}) == {"ann"}
         assert matching({"visited": {"path": "/pricing*", "at_least": 2}}) == {"ann", "bob"}
         assert matching({"visited": {"path": "/pricing"}}) == {"ann", "bob", "cat"}
         assert matching({"visited": {"path": "/pricing", "at_least": 3}}) == set()
