@@ -29,7 +29,8 @@ from sqlalchemy import (
     text,
 )
 
-from automation.segment_rules import SegmentError, compile_condition, referenced_segments
+from automation.segment_rules import SegmentError, referenced_segments
+from automation.segment_sql import compile_condition
 from tracker.automation_models import Segment, SegmentChange, SegmentMember
 from tracker.models import Contact
 

@@ -10,13 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from automation.segment_rules import (
-    SegmentError,
-    check_tree,
-    compile_condition,
-    contacts,
-    referenced_segments,
-)
+from automation.segment_rules import SegmentError, check_tree, referenced_segments
+from automation.segment_sql import compile_condition, contacts
 from tests.conftest import event, ingest_all, post_events
 from tracker.automation_models import ContactTag, Segment, SegmentMember
 from tracker.db import db
