@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import pytest
 from sqlalchemy import select
 
 from automation.jobs import INGEST_QUEUE
@@ -67,6 +68,21 @@ def add_sales(app, *emails):
         for email in emails:
             db.session.add(User(email=email, name=email.split("@")[0].title(), role="sales"))
         db.session.commit()
+
+
+def cross_mql(app, client, site, email="ada@example.com"):
+    """A director who viewed pricing three times: 30 + 20 = 50, over the MQL line."""
+    post_events(
+        client,
+        site.key,
+        [
+            event("identify", email=email, traits={"job_title": "Director"}),
+            event(url="https://example.com/pricing"),
+            event(url="https://example.com/pricing/x"),
+            event(url="https://example.com/pricing/y"),
+        ],
+    )
+    ingest_all(app)
 
 
 def contact(app, email="ada@example.com") -> Contact:
@@ -229,21 +245,9 @@ def test_a_failing_webhook_is_retried_then_disabled(
     app.config["ACTION_MAX_ATTEMPTS"] = 2
     load(app, tmp_path, webhook_receiver.url)
     webhook_receiver.statuses = [500, 503]
-    post_events(
-        client,
-        site.key,
-        [
-            event("identify", email="ada@example.com", traits={"job_title": "Director"}),
-            event(url="https://example.com/pricing"),
-            event(url="https://example.com/pricing/x"),
-            event(url="https://example.com/pricing/y"),
-        ],
-    )
-    ingest_all(app)
+    cross_mql(app, client, site)
     with app.app_context():
         run_id = db.session.scalar(select(ActionRun.id).where(ActionRun.type == "webhook"))
-        import pytest
-
         with pytest.raises(webhooks.WebhookFailed):
             jobs.run_action(run_id)  # first attempt: 500, raised so RQ retries
         assert jobs.run_action(run_id).startswith("failed for good after 2 attempts")
@@ -260,17 +264,7 @@ def test_ingestion_enqueues_the_actions_for_workers(app, client, site, tmp_path)
     from tracker.redis_conn import get_redis
 
     load(app, tmp_path)
-    post_events(
-        client,
-        site.key,
-        [
-            event("identify", email="ada@example.com", traits={"job_title": "Director"}),
-            event(url="https://example.com/pricing"),
-            event(url="https://example.com/pricing/x"),
-            event(url="https://example.com/pricing/y"),
-        ],
-    )
-    ingest_all(app)
+    cross_mql(app, client, site)
     queued = Queue("default", connection=get_redis(app)).job_ids
     with app.app_context():
         runs = db.session.scalars(select(ActionRun.id).where(ActionRun.status == "queued")).all()
@@ -323,17 +317,7 @@ def test_contacts_show_tells_the_whole_story(app, client, site, tmp_path):
 
     load(app, tmp_path)
     add_sales(app, "sam@acme.test")
-    post_events(
-        client,
-        site.key,
-        [
-            event("identify", email="ada@example.com", traits={"job_title": "Director"}),
-            event(url="https://example.com/pricing"),
-            event(url="https://example.com/pricing/x"),
-            event(url="https://example.com/pricing/y"),
-        ],
-    )
-    ingest_all(app)
+    cross_mql(app, client, site)
     report = json.loads(
         app.test_cli_runner().invoke(args=["contacts", "show", "ada@example.com"]).output
     )
