@@ -113,11 +113,18 @@ def _matches(conn: Connection, condition: Any, touched: Sequence[int] | None) ->
     conn.execute(
         text("CREATE TEMPORARY TABLE IF NOT EXISTS segment_matches (id BIGINT PRIMARY KEY)")
     )
-    conn.execute(delete(MATCHES))
+    # TRUNCATE on PostgreSQL: a worker's connection lives long, and temp tables are
+    # never vacuumed, so deleted rows would pile up.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("TRUNCATE segment_matches"))
+    else:
+        conn.execute(delete(MATCHES))
     query = select(contacts.c.id).where(condition)
     if touched is not None:
         query = query.where(contacts.c.id.in_(touched))
     conn.execute(insert(MATCHES).from_select(["id"], query))
+    if touched is None and conn.dialect.name == "postgresql":
+        conn.execute(text("ANALYZE segment_matches"))  # a full rebuild's plan depends on it
 
 
 def _refresh_one(
@@ -133,6 +140,9 @@ def _refresh_one(
     is_member = exists().where(
         members.c.segment_id == segment.id, members.c.contact_id == MATCHES.c.id
     )
+    if touched is not None:
+        # Keeps the anti-join to the touched members, not the segment's whole membership.
+        is_member = is_member.where(members.c.contact_id.in_(touched))
     joined = (
         conn.execute(
             insert(members)
