@@ -301,3 +301,32 @@ def fmt_rate(value: float) -> str:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def gunicorn_command(
+    chdir: Path, host: str, port: int, workers: int, threads: int, log: Path, app: str
+) -> list[str]:
+    """The gunicorn command line the benchmarks run the tracker with (gthread, keep-alive)."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(chdir),
+        "-b",
+        f"{host}:{port}",
+        "-w",
+        str(workers),
+        "-k",
+        "gthread",
+        "--threads",
+        str(threads),
+        "--keep-alive",
+        "30",
+        "--no-control-socket",
+        "--log-level",
+        "warning",
+        "--error-logfile",
+        str(log),
+        app,
+    ]

@@ -382,29 +382,9 @@ def start_server(
         PYTHONPATH=str(common.ROOT),
     )
     log = tmp / "gunicorn.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--chdir",
-        str(Path(__file__).parent),
-        "-b",
-        f"{HOST}:{port}",
-        "-w",
-        str(args.workers),
-        "-k",
-        "gthread",
-        "--threads",
-        str(args.threads),
-        "--keep-alive",
-        "30",
-        "--no-control-socket",
-        "--log-level",
-        "warning",
-        "--error-logfile",
-        str(log),
-        "_bare_app:app",
-    ]
+    command = common.gunicorn_command(
+        Path(__file__).parent, HOST, port, args.workers, args.threads, log, "_bare_app:app"
+    )
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(tmp)
     )

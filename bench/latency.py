@@ -660,29 +660,9 @@ def start_tracker(
 
     port = free_port()
     log = tmp / "gunicorn.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--chdir",
-        str(common.ROOT),
-        "-b",
-        f"{HOST}:{port}",
-        "-w",
-        str(args.workers),
-        "-k",
-        "gthread",
-        "--threads",
-        str(args.threads),
-        "--keep-alive",
-        "30",
-        "--no-control-socket",
-        "--log-level",
-        "warning",
-        "--error-logfile",
-        str(log),
-        "wsgi:app",
-    ]
+    command = common.gunicorn_command(
+        common.ROOT, HOST, port, args.workers, args.threads, log, "wsgi:app"
+    )
     process = cleanup.process(
         "gunicorn",
         subprocess.Popen(
