@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, func, text
+from sqlalchemy import Connection, Table, bindparam, case, text
 from sqlalchemy import update as update_statement
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
-
-
-@dataclass(frozen=True)
-class Advance:
-    """On conflict, update only when `column` moves forward by more than `seconds`.
-
-    Rows that do not move are locked (PostgreSQL) but not rewritten, and are not
-    returned by RETURNING.
-    """
-
-    column: str
-    seconds: int
 
 
 def _dumps(rows: Sequence[dict[str, Any]]) -> str:
@@ -54,7 +41,6 @@ def insert_rows(
     *,
     conflict: Sequence[str],
     update: dict[str, str] | None = None,
-    advance: Advance | None = None,
     returning: Sequence[str] = (),
 ) -> list[Row[Any]]:
     """Insert `rows` (all with the same keys); on a `conflict` key do nothing, or `update`.
@@ -66,22 +52,14 @@ def insert_rows(
         return []
     columns = tuple(rows[0])
     if conn.dialect.name == "postgresql":
-        return _insert_postgresql(conn, table, rows, columns, conflict, update, advance, returning)
+        return _insert_postgresql(conn, table, rows, columns, conflict, update, returning)
     if not update:
         return _insert_sqlite(conn, table, rows, columns, conflict, returning)
     stmt = sqlite.insert(table)
-    if update:
-        where = None
-        if advance:
-            new, old = stmt.excluded[advance.column], table.c[advance.column]
-            where = old < func.datetime(new, f"-{advance.seconds} seconds")
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(conflict),
-            set_={c: _sqlite_value(stmt, table, c, how) for c, how in update.items()},
-            where=where,
-        )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(conflict),
+        set_={c: _sqlite_value(stmt, table, c, how) for c, how in update.items()},
+    )
     if returning:
         return conn.execute(stmt.returning(*(table.c[c] for c in returning)), list(rows)).all()
     conn.execute(stmt, list(rows))
@@ -157,7 +135,6 @@ def _insert_postgresql(
     columns: tuple[str, ...],
     conflict: Sequence[str],
     update: dict[str, str] | None,
-    advance: Advance | None,
     returning: Sequence[str],
 ) -> list[Row[Any]]:
     names = ", ".join(f'"{c}"' for c in columns)
@@ -170,11 +147,6 @@ def _insert_postgresql(
             for c, how in update.items()
         )
         tail = f"ON CONFLICT ({target}) DO UPDATE SET {sets}"
-        if advance:
-            tail += (
-                f' WHERE "{table.name}"."{advance.column}" < '
-                f"EXCLUDED.\"{advance.column}\" - interval '{int(advance.seconds)} seconds'"
-            )
     else:
         tail = f"ON CONFLICT ({target}) DO NOTHING"
     if returning:
