@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import current_app
 
-from automation.ingest import StreamIngestor, drain_spool
+from automation.ingest import StreamIngestor
 from tracker.redis_conn import get_redis
 
 INGEST_QUEUE = "ingest"
@@ -25,11 +25,6 @@ def ingest(seconds: float | None = None) -> dict[str, int]:
     )
     total = ingestor.run(config["INGEST_JOB_SECONDS"] if seconds is None else seconds)
     return {"read": total.read, "stored": total.stored, "dead": total.dead}
-
-
-def drain() -> int:
-    """Store every batch spooled to the database while Redis was down."""
-    return drain_spool()
 
 
 def run_action(run_id: int) -> str:
