@@ -70,7 +70,7 @@ def add_sales(app, *emails):
         db.session.commit()
 
 
-def cross_mql(app, client, site, email="ada@example.com"):
+def cross_mql(app, client, site, email="ada@example.com", visitor="visitor-0001"):
     """A director who viewed pricing three times: 30 + 20 = 50, over the MQL line."""
     post_events(
         client,
@@ -81,6 +81,7 @@ def cross_mql(app, client, site, email="ada@example.com"):
             event(url="https://example.com/pricing/x"),
             event(url="https://example.com/pricing/y"),
         ],
+        visitor=visitor,
     )
     ingest_all(app)
 
@@ -220,18 +221,7 @@ def test_round_robin_takes_turns(app, client, site, tmp_path):
     owners = []
     for n in range(3):
         email = f"lead{n}@example.com"
-        post_events(
-            client,
-            site.key,
-            [
-                event("identify", email=email, traits={"job_title": "Director"}),
-                event(url="https://example.com/pricing"),
-                event(url="https://example.com/pricing/a"),
-                event(url="https://example.com/pricing/b"),
-            ],
-            visitor=f"visitor-{n:05d}",
-        )
-        ingest_all(app)
+        cross_mql(app, client, site, email, visitor=f"visitor-{n:05d}")
         owners.append(contact(app, email).owner_id)
     assert owners[0] != owners[1] and owners[2] == owners[0]
 
