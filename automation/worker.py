@@ -1,18 +1,28 @@
-"""The RQ worker that `flask --app wsgi worker` runs, inside the app context."""
+"""The RQ worker that `flask --app wsgi worker` runs, inside the app context.
+
+By default jobs run in the worker process itself instead of a forked child:
+a fork per job costs more than most of our jobs (RQ's own bookkeeping already
+caps a worker near a hundred jobs a second here), and only a long-lived
+process can keep its SMTP and database connections open across jobs.
+`--fork` restores RQ's isolation, one child per job.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from flask import Flask
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 
 from tracker.db import db
 from tracker.redis_conn import connect_for_jobs
 
+DEFAULT_QUEUES = ("ingest", "default", "mail")
+"""Queues a worker takes when none are named, highest priority first."""
 
-class AppWorker(Worker):
+
+class ForkingAppWorker(Worker):
     """An RQ worker whose forked work horses open their own database connections."""
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
@@ -21,11 +31,16 @@ class AppWorker(Worker):
         super().main_work_horse(job, queue)
 
 
-def run_worker(app: Flask, queues: list[str], burst: bool = False) -> bool:
+class AppWorker(SimpleWorker):
+    """An RQ worker that runs each job in its own process, keeping connections warm."""
+
+
+def run_worker(app: Flask, queues: list[str], burst: bool = False, fork: bool = False) -> bool:
     """Work `queues` (in priority order) until stopped, or until empty with `burst`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
     connection = connect_for_jobs(app.config["REDIS_URL"])
-    worker = AppWorker(
+    worker_class = ForkingAppWorker if fork else AppWorker
+    worker = worker_class(
         [Queue(name, connection=connection) for name in queues], connection=connection
     )
     with app.app_context():

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from tracker import automation_models, config, errors, redis_conn  # noqa: F401 - tables
+from tracker import automation_models, config, email_models, errors, redis_conn  # noqa: F401
 from tracker.db import db, migrate
 from tracker.netaddr import parse_trusted
 from tracker.sites import SiteDirectory, load_sites

@@ -228,16 +228,17 @@ def segments_preview(path: str, name: str) -> None:
 @with_appcontext
 @click.option(
     "--queues",
-    default="ingest,default",
+    default="ingest,default,mail",
     show_default=True,
     help="Comma-separated RQ queues, highest priority first.",
 )
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
-def worker_command(queues: str, burst: bool) -> None:
-    """Run an RQ worker with the app context (ingestion and, later, mail)."""
+@click.option("--fork", is_flag=True, help="Run each job in a forked child (RQ's isolation).")
+def worker_command(queues: str, burst: bool, fork: bool) -> None:
+    """Run an RQ worker with the app context: ingestion, actions, sequences and mail."""
     from automation.worker import run_worker
 
-    run_worker(current_app._get_current_object(), queues.split(","), burst=burst)
+    run_worker(current_app._get_current_object(), queues.split(","), burst=burst, fork=fork)
 
 
 @click.command("scheduler")
@@ -332,7 +333,7 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     # Ingestion jobs read the stream for a minute at a time: actions get their own worker.
     children = [
         subprocess.Popen([*flask, "worker", "--queues", "ingest"]),
-        subprocess.Popen([*flask, "worker", "--queues", "default"]),
+        subprocess.Popen([*flask, "worker", "--queues", "default,mail"]),
         subprocess.Popen([*flask, "scheduler"]),
     ]
     demo = make_server(host, demo_port, create_demo_app(tracker_url, site.key), threaded=True)

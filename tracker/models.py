@@ -49,6 +49,8 @@ class Site(db.Model):
     name: Mapped[str] = mapped_column(String(200))
     domains: Mapped[list[str]] = mapped_column(JSON, default=list)
     respect_dnt: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Sequences wait "until Tuesday 10:00" in this zone for contacts without one of their own.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -68,6 +70,9 @@ class Contact(db.Model):
     engagement_score: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     fit_score: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    # ok | unsubscribed | bounced | complained: anything but ok is do-not-contact for email.
+    email_status: Mapped[str] = mapped_column(String(20), default="ok", server_default="ok")
+    email_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -124,7 +129,8 @@ class Event(db.Model):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     uuid: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
-    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    # Email opens and clicks belong to no site.
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"))
     visitor_id: Mapped[int | None] = mapped_column(ForeignKey("visitors.id"))
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
     type: Mapped[str] = mapped_column(String(20))

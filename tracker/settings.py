@@ -60,9 +60,45 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SMTP_URL",
         "",
-        "smtp://user:pass@host:587?starttls=1 or smtps://…; empty: mail goes to instance/outbox.",
+        "smtp://user:pass@host:587?starttls=1 or smtps://…; empty: mail is kept in the outbox.",
     ),
-    Setting("MAIL_FROM", "Closed Loop <closedloop@localhost>", "Sender of notifications."),
+    Setting(
+        "MAIL_FROM",
+        "Closed Loop <closedloop@localhost>",
+        "Sender of notifications, and of templates that name no sender of their own.",
+    ),
+    Setting(
+        "MAIL_RATE_PER_SECOND",
+        50,
+        "Most messages sent per second through the SMTP server, all workers together; 0: no cap.",
+    ),
+    Setting(
+        "MAIL_RATE_PER_HOUR",
+        0,
+        "Most messages sent per hour through the SMTP server, all workers together; 0: no cap.",
+    ),
+    Setting("MAIL_BATCH", 50, "Most messages one send job takes (a job costs more than a send)."),
+    Setting("MAIL_MAX_ATTEMPTS", 5, "Tries of a message that meets temporary SMTP errors."),
+    Setting(
+        "UNSUBSCRIBE_MAILTO",
+        "",
+        "Address of the List-Unsubscribe mailto; empty: the address of MAIL_FROM.",
+    ),
+    Setting(
+        "EMAIL_CAP_PER_DAY",
+        2,
+        "Most sequence emails one contact gets in any 24 hours; later steps are postponed.",
+    ),
+    Setting(
+        "EMAIL_CAP_PER_WEEK",
+        5,
+        "Most sequence emails one contact gets in any 7 days; later steps are postponed.",
+    ),
+    Setting(
+        "BOUNCE_SECRET",
+        "",
+        "Bearer token `POST /hooks/bounce` requires; empty: the endpoint is off (404).",
+    ),
     Setting("ACTION_MAX_ATTEMPTS", 6, "Tries of a failing action (webhook, mail) before it fails."),
     Setting("MAX_BODY_BYTES", 32768, "Largest request body `POST /e` accepts."),
     Setting("MAX_BATCH_EVENTS", 50, "Most events one `POST /e` request may carry."),
