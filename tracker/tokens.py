@@ -89,9 +89,7 @@ def read_token(key: bytes, purpose: str, token: str) -> MessageRef | None:
         numbers = _read_varints(payload)
     except (ValueError, UnicodeEncodeError):
         return None
-    if _b64(payload) != body or not hmac.compare_digest(
-        given, _signature(key, purpose, payload)
-    ):
+    if _b64(payload) != body or not hmac.compare_digest(given, _signature(key, purpose, payload)):
         return None
     if len(numbers) == 1:
         return MessageRef(numbers[0])
