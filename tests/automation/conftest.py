@@ -67,3 +67,49 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
     receiver.server.shutdown()
+
+
+def store_template(
+    name: str,
+    variants: list[dict[str, Any]] | None = None,
+    sender: str | None = None,
+) -> int:
+    """Save a template version straight into the tables (inside an app context); return its id.
+
+    For tests of what happens around sending; the marketer's way in (checking,
+    CSS inlining) is `automation load`.
+    """
+    from sqlalchemy import select
+
+    from tracker.db import db
+    from tracker.email_models import EmailTemplate, TemplateVersion
+
+    variants = variants or [
+        {
+            "name": "A",
+            "subject": "Hello {{ contact.first_name }}",
+            "html": '<p>Hi {{ contact.first_name }}, <a href="https://example.com/guide">guide</a></p>',
+            "text": "Hi {{ contact.first_name }}, read the guide: https://example.com/guide",
+        }
+    ]
+    template = db.session.scalar(select(EmailTemplate).where(EmailTemplate.name == name))
+    if template is None:
+        template = EmailTemplate(name=name)
+        db.session.add(template)
+        db.session.flush()
+    count = db.session.scalar(
+        select(db.func.count()).where(TemplateVersion.template_id == template.id)
+    )
+    version = TemplateVersion(
+        template_id=template.id,
+        version=count + 1,
+        sender=sender,
+        variants=variants,
+        source={"variants": variants},
+        digest=f"{name}-{count + 1}",
+    )
+    db.session.add(version)
+    db.session.flush()
+    template.current_version_id = version.id
+    db.session.commit()
+    return template.id

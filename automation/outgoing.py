@@ -1,0 +1,129 @@
+"""Queue messages: one row per email to send, created once per enrolment step or recipient.
+
+Producers (sequence steps, broadcasts, test sends) call `create_messages`
+inside their own transaction; the rows start `queued` and the send jobs take
+them from there. The unique keys (enrolment, step) and (broadcast, contact)
+make creating the same message twice a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from automation.bulk import insert_rows
+from tracker.email_models import EmailTemplate, Message, TemplateVersion
+from tracker.models import Contact, utcnow
+
+MESSAGES = Message.__table__
+
+VariantChooser = Callable[[Connection, int, list[str]], str]
+"""(connection, template id, variant names) → the variant a new message gets."""
+
+
+class UnknownTemplate(LookupError):
+    """A message was asked for a template that does not exist or has no version yet."""
+
+
+@dataclass(frozen=True)
+class CurrentVersion:
+    """The version new messages of a template use, and its variant names."""
+
+    template_id: int
+    version_id: int
+    variants: list[str]
+
+
+def current_version(conn: Connection, template: int | str) -> CurrentVersion:
+    """The current version of a template, by id or name."""
+    column = EmailTemplate.id if isinstance(template, int) else EmailTemplate.name
+    row = conn.execute(
+        select(EmailTemplate.id, TemplateVersion.id, TemplateVersion.variants)
+        .join(TemplateVersion, TemplateVersion.id == EmailTemplate.current_version_id)
+        .where(column == template)
+    ).first()
+    if row is None:
+        raise UnknownTemplate(f"no email template {template!r} with a saved version")
+    template_id, version_id, variants = row
+    return CurrentVersion(template_id, version_id, [v["name"] for v in variants])
+
+
+def _default_chooser(conn: Connection, template_id: int, names: list[str]) -> str:
+    from automation.variants import pick_variant
+
+    return pick_variant(conn, template_id, names)
+
+
+def create_messages(
+    conn: Connection,
+    template: int | str,
+    recipients: Sequence[dict[str, Any]],
+    *,
+    kind: str,
+    variant: str | None = None,
+    due_at: datetime | None = None,
+    choose: VariantChooser | None = None,
+) -> list[int]:
+    """Queue one message of `template` per recipient; return the ids of those created.
+
+    Each recipient is {"contact_id": …} plus, for sequences, "enrolment_id" and
+    "step", or, for broadcasts, "broadcast_id" (and optionally its own
+    "variant"). Recipients whose message exists already are skipped. With no
+    variant given, a template with several variants lets `choose` pick one per
+    message (by default Thompson sampling on human clicks, see
+    `automation.variants`).
+    """
+    if not recipients:
+        return []
+    version = current_version(conn, template)
+    contact_ids = sorted({r["contact_id"] for r in recipients})
+    emails = dict(
+        conn.execute(select(Contact.id, Contact.email).where(Contact.id.in_(contact_ids))).all()
+    )
+    now = utcnow()
+    chooser = choose or _default_chooser
+    rows = []
+    for recipient in recipients:
+        chosen = recipient.get("variant") or variant
+        if chosen is None:
+            chosen = (
+                version.variants[0]
+                if len(version.variants) == 1
+                else chooser(conn, version.template_id, version.variants)
+            )
+        elif chosen not in version.variants:
+            raise UnknownTemplate(f"template {template!r} has no variant {chosen!r}")
+        rows.append(
+            {
+                "contact_id": recipient["contact_id"],
+                "template_id": version.template_id,
+                "template_version_id": version.version_id,
+                "variant": chosen,
+                "kind": kind,
+                "enrolment_id": recipient.get("enrolment_id"),
+                "step": recipient.get("step"),
+                "broadcast_id": recipient.get("broadcast_id"),
+                "to_addr": emails[recipient["contact_id"]],
+                "status": "queued",
+                "attempts": 0,
+                "opens": 0,
+                "clicks": 0,
+                "machine_opens": 0,
+                "machine_clicks": 0,
+                "due_at": due_at or now,
+                "created_at": now,
+            }
+        )
+    if kind == "sequence":
+        conflict: tuple[str, ...] = ("enrolment_id", "step")
+    elif kind == "broadcast":
+        conflict = ("broadcast_id", "contact_id")
+    else:
+        return [conn.execute(insert(MESSAGES).values(row)).inserted_primary_key[0] for row in rows]
+    return [
+        id_ for (id_,) in insert_rows(conn, MESSAGES, rows, conflict=conflict, returning=("id",))
+    ]
