@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import redis
+from rq import Queue
 from sqlalchemy import Connection, insert, select
 
 from automation.bulk import insert_rows
@@ -127,3 +129,30 @@ def create_messages(
     return [
         id_ for (id_,) in insert_rows(conn, MESSAGES, rows, conflict=conflict, returning=("id",))
     ]
+
+
+MAIL_QUEUE = "mail"
+"""Queue the send jobs go to; a worker keeps its SMTP connection open across them."""
+
+
+def dispatch(client: redis.Redis, message_ids: Sequence[int], batch: int) -> int:
+    """Enqueue send jobs for queued messages, `batch` ids a job; return how many jobs.
+
+    Call it after the transaction that created the messages has committed. A
+    lost or duplicated job is harmless: each message is claimed before it is
+    sent, and the scheduler re-enqueues queued messages whose job went missing.
+    """
+    queue = Queue(MAIL_QUEUE, connection=client)
+    ids = list(message_ids)
+    jobs = [
+        Queue.prepare_data(
+            "automation.jobs.send_messages",
+            args=(ids[start : start + batch],),
+            result_ttl=600,
+            failure_ttl=7 * 86400,
+        )
+        for start in range(0, len(ids), max(batch, 1))
+    ]
+    if jobs:
+        queue.enqueue_many(jobs)
+    return len(jobs)
