@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import redis
 from flask import current_app
 from sqlalchemy import Connection, delete, select
@@ -244,8 +245,8 @@ def repair_recent_identities() -> int:
 
 def _row(entry: Entry) -> dict[str, Any]:
     try:
-        return event_row(json.loads(entry[1][FIELD_KEY].decode()))
-    except (KeyError, ValueError, UnicodeDecodeError) as e:
+        return event_row(orjson.loads(entry[1][FIELD_KEY]))
+    except (KeyError, ValueError) as e:  # orjson's decode errors are ValueErrors
         raise MalformedEntry(f"stream entry {entry[0]!r} is not a stamped event: {e!r}") from e
 
 

@@ -6,12 +6,13 @@ Nothing here touches the request, the database or Redis.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from tracker.errors import BadEvent
 
@@ -29,6 +30,7 @@ MAX_EMAIL = 320
 MAX_ENGAGED_SECONDS = 86400
 VISITOR_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 SITE_RE = re.compile(r"[A-Za-z0-9_-]{4,40}")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
@@ -117,6 +119,8 @@ def parse_event(raw: Any) -> dict[str, Any]:
     raw_id = raw.get("id")
     if raw_id is None:
         event["id"] = str(uuid.uuid4())
+    elif isinstance(raw_id, str) and UUID_RE.fullmatch(raw_id):
+        event["id"] = raw_id  # the snippet's own, canonical form: no need to parse it
     else:
         try:
             event["id"] = str(uuid.UUID(str(raw_id)))
@@ -165,12 +169,11 @@ def parse_event(raw: Any) -> dict[str, Any]:
 def parse_batch(body: bytes, max_events: int) -> Batch:
     """Decode and validate a `POST /e` body: one event, or an envelope with `events`."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadEvent("the body is not valid UTF-8", "invalid_utf8") from e
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError) as e:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        # orjson checks the UTF-8 too, lone surrogate escapes included.
+        if "UTF-8" in str(e) or "surrogate" in str(e):
+            raise BadEvent("the body is not valid UTF-8", "invalid_utf8") from e
         raise BadEvent("the body is not valid JSON", "bad_json") from e
     if not isinstance(document, dict):
         raise BadEvent("the body must be a JSON object")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import Any
 
+import orjson
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,10 +25,10 @@ REDIS_RETRY_SECONDS = 2.0
 
 
 def encode(event: dict[str, Any]) -> bytes:
-    """Serialise a stamped event; lone surrogates smuggled in via JSON escapes are refused."""
+    """Serialise a stamped event as compact UTF-8 JSON."""
     try:
-        return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError as e:
+        return orjson.dumps(event)
+    except orjson.JSONEncodeError as e:
         raise BadEvent("a string in the event is not valid Unicode", "invalid_utf8") from e
 
 
