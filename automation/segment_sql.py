@@ -85,11 +85,15 @@ def _json_kind_sqlite(element: _json_kind, compiler: SQLCompiler, **kw: Any) -> 
     )
 
 
+Narrowing = Callable[[ColumnElement[Any]], ColumnElement[bool]]
+"""Column of contact ids → a condition keeping only the contacts being re-evaluated."""
+
+
 @dataclass(frozen=True)
 class _Context:
     now: datetime
     segment_ids: Mapping[str, int]
-    contact_ids: Collection[int] | None
+    narrow: Narrowing | None
     conjunct: bool = True  # reached from the root through `all` only
 
 
@@ -118,8 +122,8 @@ def _contacts_with(
     correlated EXISTS is used instead, which falls back to an index probe per contact.
     """
     where = [contact_id.is_not(None), *conditions]
-    if ctx.contact_ids is not None:
-        where.append(contact_id.in_(ctx.contact_ids))
+    if ctx.narrow is not None:
+        where.append(ctx.narrow(contact_id))
     if ctx.conjunct:
         query = select(contact_id).where(*where)
     else:
@@ -331,17 +335,23 @@ def compile_condition(
     segment_ids: Mapping[str, int],
     *,
     contact_ids: Collection[int] | None = None,
+    narrow: Narrowing | None = None,
 ) -> ColumnElement[bool]:
     """The tree as one boolean SQL condition over `contacts`, for `select(...).where(...)`.
 
     `now` (timezone-aware) anchors every `within_days`; `segment_ids` maps the names
     `in_segment` uses to ids. With `contact_ids`, every subquery is narrowed to those
     contacts too, so re-evaluating a few touched contacts reads only their rows.
+    `narrow` does the same with a condition of the caller's (say, `= ANY(:ids)` with
+    one array parameter), leaving the outer query's own filter to the caller.
     Every leaf is true or false, never NULL, so `not` includes contacts without data.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware, e.g. datetime.now(UTC)")
-    ctx = _Context(now.astimezone(UTC), segment_ids, contact_ids)
+    if contact_ids is not None:
+        ids = list(contact_ids)
+        narrow = lambda column: column.in_(ids)  # noqa: E731
+    ctx = _Context(now.astimezone(UTC), segment_ids, narrow)
     condition = _compile(_parse(tree), ctx)
     if contact_ids is not None:
         condition = and_(contacts.c.id.in_(contact_ids), condition)

@@ -1,10 +1,12 @@
 """Segment membership: stored, kept current for touched contacts, rebuilt in full.
 
-Each refresh is two set-based statements per segment: an INSERT … SELECT of the
-contacts that now match and were not members (joins), and a DELETE of members
-that no longer match (leaves); both RETURN the contacts, which are logged in
-`segment_changes` so sequences can react. Incremental refreshes add
-`contact_id IN (touched)` to both.
+A full rebuild is two set-based statements per segment: an INSERT … SELECT of
+the contacts that now match and were not members (joins), and a DELETE of
+members that no longer match (leaves); both RETURN the contacts, which are
+logged in `segment_changes` so sequences can react. An incremental refresh
+asks one query for every segment at once about the touched contacts only
+(segments that refer to others wait for them, a level at a time), and writes
+the difference from their stored memberships.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
     Connection,
     MetaData,
     Table,
+    any_,
+    bindparam,
     delete,
     exists,
     func,
@@ -29,6 +34,7 @@ from sqlalchemy import (
     text,
 )
 
+from automation.bulk import insert_rows
 from automation.segment_rules import SegmentError, referenced_segments
 from automation.segment_sql import compile_condition
 from tracker.automation_models import Segment, SegmentChange, SegmentMember
@@ -109,7 +115,7 @@ MATCHES = Table(
 """Per connection scratch table: the contacts a segment's query matches, computed once."""
 
 
-def _matches(conn: Connection, condition: Any, touched: Sequence[int] | None) -> None:
+def _matches(conn: Connection, condition: Any) -> None:
     conn.execute(
         text("CREATE TEMPORARY TABLE IF NOT EXISTS segment_matches (id BIGINT PRIMARY KEY)")
     )
@@ -119,30 +125,21 @@ def _matches(conn: Connection, condition: Any, touched: Sequence[int] | None) ->
         conn.execute(text("TRUNCATE segment_matches"))
     else:
         conn.execute(delete(MATCHES))
-    query = select(contacts.c.id).where(condition)
-    if touched is not None:
-        query = query.where(contacts.c.id.in_(touched))
-    conn.execute(insert(MATCHES).from_select(["id"], query))
-    if touched is None and conn.dialect.name == "postgresql":
+    conn.execute(insert(MATCHES).from_select(["id"], select(contacts.c.id).where(condition)))
+    if conn.dialect.name == "postgresql":
         conn.execute(text("ANALYZE segment_matches"))  # a full rebuild's plan depends on it
 
 
 def _refresh_one(
-    conn: Connection,
-    segment: SegmentDef,
-    condition: Any,
-    now: datetime,
-    touched: Sequence[int] | None,
+    conn: Connection, segment: SegmentDef, condition: Any, now: datetime
 ) -> tuple[list[int], list[int]]:
+    """Rebuild one segment's membership for everyone."""
     # The segment's query runs once; joins and leaves are then anti-joins against
     # its result, which every database can hash, however many contacts match.
-    _matches(conn, condition, touched)
+    _matches(conn, condition)
     is_member = exists().where(
         members.c.segment_id == segment.id, members.c.contact_id == MATCHES.c.id
     )
-    if touched is not None:
-        # Keeps the anti-join to the touched members, not the segment's whole membership.
-        is_member = is_member.where(members.c.contact_id.in_(touched))
     joined = (
         conn.execute(
             insert(members)
@@ -157,8 +154,6 @@ def _refresh_one(
     )
     matched = exists().where(MATCHES.c.id == members.c.contact_id)
     leaving = delete(members).where(members.c.segment_id == segment.id, ~matched)
-    if touched is not None:
-        leaving = leaving.where(members.c.contact_id.in_(touched))
     left = conn.execute(leaving.returning(members.c.contact_id)).scalars().all()
     log = [
         {"segment_id": segment.id, "contact_id": cid, "change": "join", "created_at": now}
@@ -200,23 +195,126 @@ def refresh(
     touched_list = sorted(set(touched)) if touched is not None else None
     if touched_list == []:
         return result
-    for position, segment in enumerate(segments, 1):
-        if touched_list is None:
-            condition = compile_condition(segment.rules, now, ids)
-            joined, left = _refresh_one(conn, segment, condition, now, None)
-        else:
-            joined, left = [], []
+    if touched_list is not None:
+        for segment in segments:
+            result.joined[segment.id], result.left[segment.id] = [], []
+        for level in _levels(segments):
             for start in range(0, len(touched_list), CHUNK):
                 chunk = touched_list[start : start + CHUNK]
-                # Narrowed inside every subquery: only the touched contacts' rows are read.
-                condition = compile_condition(segment.rules, now, ids, contact_ids=chunk)
-                j, lft = _refresh_one(conn, segment, condition, now, chunk)
-                joined += j
-                left += lft
-        result.joined[segment.id], result.left[segment.id] = joined, left
+                for segment_id, (joined, left) in _refresh_touched(
+                    conn, level, ids, now, chunk
+                ).items():
+                    result.joined[segment_id] += joined
+                    result.left[segment_id] += left
+        return result
+    for position, segment in enumerate(segments, 1):
+        condition = compile_condition(segment.rules, now, ids)
+        result.joined[segment.id], result.left[segment.id] = _refresh_one(
+            conn, segment, condition, now
+        )
         if progress:
             progress(segment, position, len(segments))
     return result
+
+
+def _levels(segments: Sequence[SegmentDef]) -> list[list[SegmentDef]]:
+    """Group dependency-ordered segments so each group only refers to earlier groups."""
+    level_of: dict[str, int] = {}
+    levels: list[list[SegmentDef]] = []
+    for segment in segments:
+        level = 1 + max(
+            (level_of[name] for name in referenced_segments(segment.rules) if name in level_of),
+            default=-1,
+        )
+        level_of[segment.name] = level
+        if level == len(levels):
+            levels.append([])
+        levels[level].append(segment)
+    return levels
+
+
+def _narrowing(conn: Connection) -> Callable[[Any], Any]:
+    """`id = ANY(:touched)` with one array parameter on PostgreSQL, `IN (…)` elsewhere.
+
+    One parameter keeps the SQL text the same whatever the contacts, so the
+    statement is compiled once and PostgreSQL can reuse its plan.
+    """
+    if conn.dialect.name == "postgresql":
+        touched = bindparam("touched", type_=ARRAY(BigInteger))
+        return lambda column: column == any_(touched)
+    touched = bindparam("touched", expanding=True)
+    return lambda column: column.in_(touched)
+
+
+def _refresh_touched(
+    conn: Connection,
+    level: Sequence[SegmentDef],
+    segment_ids: dict[str, int],
+    now: datetime,
+    touched: list[int],
+) -> dict[int, tuple[list[int], list[int]]]:
+    """Re-evaluate some contacts against segments that do not refer to each other.
+
+    One query answers every segment of the level for every touched contact;
+    one more reads their current memberships. Joins and leaves are the
+    difference, written in a few bulk statements.
+    """
+    narrow = _narrowing(conn)
+    columns = [
+        compile_condition(segment.rules, now, segment_ids, narrow=narrow).label(f"s{position}")
+        for position, segment in enumerate(level)
+    ]
+    matched: dict[int, set[int]] = {segment.id: set() for segment in level}
+    for contact_id, *flags in conn.execute(
+        select(contacts.c.id, *columns).where(narrow(contacts.c.id)), {"touched": touched}
+    ):
+        for segment, flag in zip(level, flags, strict=True):
+            if flag:
+                matched[segment.id].add(contact_id)
+    current: dict[int, set[int]] = {segment.id: set() for segment in level}
+    for segment_id, contact_id in conn.execute(
+        select(members.c.segment_id, members.c.contact_id).where(
+            members.c.segment_id.in_([segment.id for segment in level]),
+            narrow(members.c.contact_id),
+        ),
+        {"touched": touched},
+    ):
+        current[segment_id].add(contact_id)
+    # ON CONFLICT: another worker may have added the same member meanwhile; only
+    # the rows this statement inserted count as joins.
+    joined_rows = insert_rows(
+        conn,
+        members,
+        [
+            {"segment_id": segment_id, "contact_id": contact_id, "since": now}
+            for segment_id in sorted(matched)
+            for contact_id in sorted(matched[segment_id] - current[segment_id])
+        ],
+        conflict=("segment_id", "contact_id"),
+        returning=("segment_id", "contact_id"),
+    )
+    moved = {segment.id: ([], []) for segment in level}
+    for segment_id, contact_id in joined_rows:
+        moved[segment_id][0].append(contact_id)
+    for segment_id in sorted(current):
+        leaving = sorted(current[segment_id] - matched[segment_id])
+        if leaving:
+            moved[segment_id][1].extend(
+                conn.execute(
+                    delete(members)
+                    .where(members.c.segment_id == segment_id, members.c.contact_id.in_(leaving))
+                    .returning(members.c.contact_id)
+                ).scalars()
+            )
+    log = [
+        {"segment_id": segment_id, "contact_id": cid, "change": change, "created_at": now}
+        for segment_id, (joined, left) in moved.items()
+        for change, ids in (("join", joined), ("leave", left))
+        for cid in ids
+    ]
+    if log:
+        conn.execute(insert(changes), log)
+    return moved
 
 
 def preview(

@@ -167,3 +167,54 @@ segments:
     assert result.exit_code == 1
     assert "rules.yaml:2: segment 'Typo':" in result.output
     assert "pth" in result.output
+
+
+def test_an_incremental_refresh_agrees_with_a_full_rebuild(app, tmp_path):
+    """Touched contacts end where a full rebuild puts them, levels of in_segment included."""
+    import uuid
+
+    from automation.segments import refresh
+    from tracker.models import Event, utcnow
+
+    load(app, tmp_path)
+    with app.app_context():
+        people = [Contact(email=f"c{i}@example.com", traits={}) for i in range(12)]
+        db.session.add_all(people)
+        db.session.commit()
+        ids = [p.id for p in people]
+        fans = db.session.scalar(select(Segment.id).where(Segment.name == "Pricing fans"))
+        hot = db.session.scalar(select(Segment.id).where(Segment.name == "Hot pricing fans"))
+        now = utcnow()
+        # Stale stored state: members who no longer match, matches not yet stored.
+        db.session.add_all(
+            [SegmentMember(segment_id=hot, contact_id=cid, since=now) for cid in ids[:4]]
+            + [ContactTag(contact_id=cid, tag="hot") for cid in ids[2:8]]
+            + [
+                Event(
+                    uuid=uuid.uuid4(),
+                    contact_id=cid,
+                    type="pageview",
+                    path="/pricing",
+                    occurred_at=now,
+                    is_bot=False,
+                )
+                for cid in ids[:6] + ids[1:6]
+            ]
+        )
+        db.session.commit()
+
+        def stored():
+            rows = db.session.execute(select(SegmentMember.segment_id, SegmentMember.contact_id))
+            return {(segment_id, cid) for segment_id, cid in rows}
+
+        with db.engine.begin() as conn:
+            moved = refresh(conn, now, touched=ids[:6])
+        incremental = stored()
+        assert sorted(moved.joined[fans]) == ids[1:6]  # c0 has one pricing view only
+        assert sorted(moved.left[hot]) == ids[:2]
+        assert sorted(moved.joined[hot]) == ids[4:6]
+        with db.engine.begin() as conn:
+            refresh(conn, now)
+        assert (
+            incremental == stored() == {(fans, c) for c in ids[1:6]} | {(hot, c) for c in ids[2:6]}
+        )
