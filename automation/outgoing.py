@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -156,3 +156,61 @@ def dispatch(client: redis.Redis, message_ids: Sequence[int], batch: int) -> int
     if jobs:
         queue.enqueue_many(jobs)
     return len(jobs)
+
+
+DISPATCH_LEASE_SECONDS = 300
+"""A queued message the scheduler dispatched is not dispatched again for this long."""
+
+DISPATCH_GRACE_SECONDS = 10
+"""New messages are left this long to the job their producer enqueued before the scheduler
+treats them as lost."""
+
+DUE_SCAN_LIMIT = 2000
+"""Most due messages one scheduler tick dispatches."""
+
+
+def enqueue_due_messages(client: redis.Redis, now: datetime, batch: int) -> int:
+    """Dispatch queued messages that are due and have no job on the way; return how many.
+
+    This is how retries after a backoff, rate-limit deferrals and messages whose
+    job was lost get sent. It also fails messages a dead worker left in
+    `sending`. While the mail queue still holds jobs it leaves the rest alone:
+    the workers are busy, and what they have not reached yet needs no second job.
+    Runs in an app context (the scheduler's tick).
+    """
+    from sqlalchemy import or_, update
+
+    from automation.sending import expire_stale_sends
+    from tracker.db import db
+
+    lease = now + timedelta(seconds=DISPATCH_LEASE_SECONDS)
+    try:
+        with db.engine.begin() as conn:
+            expire_stale_sends(conn, now)
+            if Queue(MAIL_QUEUE, connection=client).count:
+                return 0
+            ids = (
+                conn.execute(
+                    select(MESSAGES.c.id)
+                    .where(
+                        MESSAGES.c.status == "queued",
+                        MESSAGES.c.due_at <= now,
+                        or_(MESSAGES.c.lease_until.is_(None), MESSAGES.c.lease_until < now),
+                        MESSAGES.c.created_at < now - timedelta(seconds=DISPATCH_GRACE_SECONDS),
+                    )
+                    .order_by(MESSAGES.c.due_at, MESSAGES.c.id)
+                    .limit(DUE_SCAN_LIMIT)
+                )
+                .scalars()
+                .all()
+            )
+            if ids:
+                conn.execute(
+                    update(MESSAGES)
+                    .where(MESSAGES.c.id.in_(ids), MESSAGES.c.status == "queued")
+                    .values(lease_until=lease)
+                )
+    finally:
+        db.session.remove()
+    dispatch(client, ids, batch)
+    return len(ids)
