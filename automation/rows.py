@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from automation.bots import bot_reason
+from tracker.tokens import IDENTIFY_PARAM
 
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 CLICK_IDS = (
@@ -73,8 +74,59 @@ class VisitorTouch:
     is_bot: bool = False
 
 
+EMAIL_TYPES = frozenset({"email_open", "email_click"})
+"""Entry types the email link endpoints write: they name a message, not a site and visitor."""
+
+
+def email_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return the `events` row for an email open or click; ingestion fills in the message's part.
+
+    The row's `email_message`, `email_link` and `email_method` keys are not
+    columns: storing resolves them against the message and removes them.
+    """
+    try:
+        user_agent = entry.get("ua") or None
+        row = {
+            "uuid": uuid.UUID(entry["id"]),
+            "site_id": None,
+            "visitor_key": None,
+            "type": entry["type"],
+            "target": entry.get("target") if entry["type"] == "email_click" else None,
+            "ip": entry.get("ip") or None,
+            "user_agent": user_agent,
+            "occurred_at": datetime.fromtimestamp(float(entry["at"]), UTC),
+            "email_message": int(entry["message"]),
+            "email_link": int(entry.get("link") or 0),
+            "email_method": str(entry.get("method") or "GET"),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise MalformedEntry(f"email entry cannot be stored: {e!r}") from e
+    for name in ("name", "url", "path", "title", "referrer", "query", "seconds", "email", "props"):
+        row[name] = None
+    for name in (*UTM_FIELDS, "click_id", "bot_reason"):
+        row[name] = None
+    row["is_bot"] = False
+    return row
+
+
+def identity_token(url: str | None) -> str | None:
+    """Return the `cl_c` identify token in a page URL's query, if there is one."""
+    if not url or IDENTIFY_PARAM + "=" not in url:
+        return None
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return None
+    for name, value in parse_qsl(query):
+        if name == IDENTIFY_PARAM and value:
+            return value
+    return None
+
+
 def event_row(entry: dict[str, Any]) -> dict[str, Any]:
     """Return the `events` row for one stamped event (contact and visitor ids filled later)."""
+    if isinstance(entry, dict) and entry.get("type") in EMAIL_TYPES:
+        return email_row(entry)
     try:
         kind = entry["type"]
         url = entry.get("url")
@@ -114,6 +166,8 @@ def visitor_touches(rows: list[dict[str, Any]]) -> list[VisitorTouch]:
     """Fold a batch's event rows into one touch per (site, visitor), sorted for stable locking."""
     touches: dict[tuple[int, str], VisitorTouch] = {}
     for row in rows:
+        if row["site_id"] is None:  # email events have no visitor
+            continue
         key = (row["site_id"], row["visitor_key"])
         at = row["occurred_at"]
         touch = touches.get(key)

@@ -56,7 +56,7 @@ def _request_origin(req: Request) -> tuple[str | None, str | None]:
     return None, _host(req.headers.get("Referer"))
 
 
-def _client(app: Flask, req: Request) -> tuple[str, str]:
+def client_of(app: Flask, req: Request) -> tuple[str, str]:
     """The client's address (believing only trusted proxies) and user agent."""
     headers = req.headers
     ip = client_ip(
@@ -70,7 +70,7 @@ def _stamp(
 ) -> list[bytes]:
     """Add what only the server may say: site, visitor, time, address and user agent."""
     now = time.time()
-    ip, user_agent = _client(app, req)
+    ip, user_agent = client_of(app, req)
     stamped = []
     for event in events:
         event.update(site=site.id, visitor=visitor, at=now, ip=ip, ua=user_agent)
@@ -152,7 +152,7 @@ def pixel() -> Response:
     )
     if not site.allows_host(_host(referer) or _host(url)):
         raise BadEvent("this page's domain is not allowed for this site", "origin_not_allowed", 403)
-    ip, user_agent = _client(app, req)
+    ip, user_agent = client_of(app, req)
     visitor = _pixel_visitor(app, site, ip, user_agent)
     app.extensions["event_sink"].append(_stamp(app, req, [event], site, visitor))
     response = Response(PIXEL, mimetype="image/gif")

@@ -109,3 +109,9 @@ class SiteDirectory:
             self._reload(MISS_RELOAD_SECONDS)
             site = self._sites.get(key)
         return site
+
+    def for_host(self, host: str | None) -> SiteInfo | None:
+        """Return a site whose domains include `host` (or a parent domain of it), or None."""
+        if time.monotonic() - self._loaded_at >= self._ttl:
+            self._reload(self._ttl)
+        return next((site for site in self._sites.values() if site.allows_host(host)), None)

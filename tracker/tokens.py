@@ -16,6 +16,10 @@ from dataclasses import dataclass
 PURPOSES = frozenset({"open", "click", "unsubscribe", "identify"})
 """What a token may be used for; each purpose signs differently."""
 
+IDENTIFY_PARAM = "cl_c"
+"""Query parameter a tracked email link adds to the page it leads to: an identify token,
+which ingestion reads from the page's URL to link the browser to the message's contact."""
+
 SIGNATURE_BYTES = 12
 """96 bits of HMAC: forging one token takes ~2^96 tries."""
 
