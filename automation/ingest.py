@@ -27,11 +27,13 @@ from automation.dispatch import enqueue_action_runs
 from automation.points import load_rulebook, run_thresholds, score_batch
 from automation.rows import MalformedEntry, event_row
 from automation.segments import load_segments, refresh
+from automation.sequence_runner import enrol_joined, wake_branches
 from automation.store import repair_identities, store_batch
 from tracker.db import db
 from tracker.models import EventSpool, utcnow
 from tracker.redis_conn import get_redis
 from tracker.stream import FIELD
+from tracker.tokens import signing_key
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +261,11 @@ def _store_and_score(conn: Connection, rows: list[dict[str, Any]]) -> tuple[int,
 
     Returns how many events were new and the action runs left for workers.
     """
-    stored = store_batch(conn, rows, _last_seen_resolution())
+    stored = store_batch(
+        conn, rows, _last_seen_resolution(), signing_key(current_app.config["SECRET_KEY"])
+    )
+    # A human open or click decides a branch waiting on that message now, not at its deadline.
+    wake_branches(conn, stored.human_email_messages, utcnow())
     rulebook = load_rulebook(conn)
     segments = load_segments(conn)
     if rulebook.empty and not segments:
@@ -275,6 +281,8 @@ def _store_and_score(conn: Connection, rows: list[dict[str, Any]]) -> tuple[int,
     # Actions change what segments look at (stage, tags): settle in a few rounds.
     for _ in range(SETTLE_ROUNDS):
         moved = refresh(conn, now, touched=touched, segments=segments) if segments else None
+        if moved:
+            enrol_joined(conn, moved.joined, now)  # sequences whose entry is joining a segment
         regrouped = moved.contacts if moved else set()
         touched = run_thresholds(conn, rulebook, rescore | regrouped, now, scored)
         rescore = set()

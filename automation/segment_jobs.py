@@ -8,6 +8,7 @@ from sqlalchemy import Connection, update
 
 from automation.points import ScoringResult, load_rulebook, run_thresholds
 from automation.segments import Refresh, SegmentDef, refresh
+from automation.sequence_runner import enrol_joined
 from tracker.automation_models import Segment
 from tracker.models import utcnow
 
@@ -21,6 +22,7 @@ def rebuild(
     now = utcnow()
     only = list(segment_ids) if segment_ids is not None else None
     moved = refresh(conn, now, only=only, progress=progress)
+    enrol_joined(conn, moved.joined, now)
     table = Segment.__table__
     done = list(moved.joined) or []
     if done:
