@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import current_app
@@ -10,6 +9,7 @@ from sqlalchemy import select, update
 
 from automation import mailer, webhooks
 from automation.notify import Reason, owner_notification
+from automation.sequence_runner import enrol, load_sequence, refusal
 from tracker.automation_models import ActionRun, PointsEntry, ScoringRule, Threshold, Webhook
 from tracker.db import db
 from tracker.models import Contact, Event, User, utcnow
@@ -62,12 +62,22 @@ def execute(run: dict[str, Any]) -> tuple[str, str | None]:
         if action["type"] == "webhook":
             return "done", _call_webhook(run, contact, threshold, action["webhook"])
         if action["type"] == "enrol":
-            # Nurture sequences arrive with the email engine: the run waits, with the
-            # sequence named in its threshold's action, for that engine to take it.
-            return "waiting", f"enrol in sequence {action['sequence']!r}"
+            return "done", _enrol(contact, threshold, action["sequence"])
         return "failed", f"unknown action {action['type']!r}"
     finally:
         db.session.remove()
+
+
+def _enrol(contact: Contact, threshold: Threshold, name: str) -> str | None:
+    """Enrol the contact in the named sequence; a note says why it was not, if it was not."""
+    now = utcnow()
+    with db.engine.begin() as conn:
+        sequence = load_sequence(conn, name)
+        if sequence is None:
+            return f"no sequence named {name!r}"
+        if enrol(conn, [contact.id], sequence, f"threshold {threshold.name}", now):
+            return None
+        return f"not enrolled in {name!r}: {refusal(conn, contact.id, sequence, now)}"
 
 
 def _reasons(contact_id: int, limit: int = 10) -> list[Reason]:
@@ -122,7 +132,7 @@ def _notify_owner(contact: Contact, threshold: Threshold) -> str | None:
         config["MAIL_FROM"],
         config["BASE_URL"],
     )
-    mailer.send(message, config["SMTP_URL"] or None, Path(current_app.instance_path) / "outbox")
+    mailer.send(message, config["SMTP_URL"] or None)  # no SMTP_URL: kept in the outbox table
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -16,10 +17,21 @@ import yaml
 from automation.decay import DecayError, make_policy
 from automation.scoring import RuleError, make_rule
 from automation.segment_rules import SegmentError, check_tree
+from automation.sequence_defs import SEQUENCE_FIELDS, SequenceError, SequenceSpec, build_sequence
+from automation.template_source import TEMPLATE_FIELDS, TemplateSpec, template_entry
 from automation.thresholds import ThresholdError, check_action, make_threshold
 from tracker.errors import ClosedLoopError
 
-SECTIONS = ("segments", "rules", "thresholds", "webhooks", "decay")
+SECTIONS = (
+    "segments",
+    "rules",
+    "thresholds",
+    "webhooks",
+    "decay",
+    "templates",
+    "sequences",
+    "broadcasts",
+)
 RULE_FIELDS = {
     "name",
     "kind",
@@ -135,6 +147,9 @@ class AutomationSpec:
     webhooks: list[WebhookSpec] = field(default_factory=list)
     decay: list[DecaySpec] = field(default_factory=list)
     segments: list[SegmentSpec] = field(default_factory=list)
+    templates: list[TemplateSpec] = field(default_factory=list)
+    sequences: list[SequenceSpec] = field(default_factory=list)
+    broadcasts: list[BroadcastSpec] = field(default_factory=list)
 
 
 def parse_duration(value: Any) -> int:
@@ -293,6 +308,49 @@ def _decay(item: dict[str, Any]) -> DecaySpec:
     return spec
 
 
+BROADCAST_FIELDS = {"name", "template", "segment", "test"}
+BROADCAST_TEST_FIELDS = {"percent", "metric", "decide_after"}
+BROADCAST_DECIDE_AFTER = "4h"
+"""How long a broadcast's test runs before the winner is picked, when the file does not say."""
+
+
+@dataclass
+class BroadcastSpec:
+    name: str
+    template: str
+    segment: str | None = None
+    test_percent: int | None = None
+    metric: str = "open"
+    decide_after_seconds: int | None = None
+    line: int = 0
+
+
+def _broadcast(item: dict[str, Any]) -> BroadcastSpec:
+    template, segment, test = item.get("template"), item.get("segment"), item.get("test")
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError("'template' (the name of the email template to send) is required")
+    if segment is not None and (not isinstance(segment, str) or not segment.strip()):
+        raise ValueError(f"'segment' must be a segment name, not {segment!r}")
+    spec = BroadcastSpec(item["name"].strip(), template.strip(), segment and segment.strip())
+    if test is None:
+        return spec
+    if not isinstance(test, dict):
+        raise ValueError("'test' must be a mapping, e.g. {percent: 20, metric: click}")
+    unknown = sorted(set(test) - BROADCAST_TEST_FIELDS)
+    if unknown:
+        allowed = ", ".join(sorted(BROADCAST_TEST_FIELDS))
+        raise ValueError(f"unknown field {unknown[0]!r} in 'test' (allowed: {allowed})")
+    percent = test.get("percent")
+    if not isinstance(percent, int) or isinstance(percent, bool) or not 1 <= percent <= 99:
+        raise ValueError(f"test 'percent' must be a whole number from 1 to 99, not {percent!r}")
+    metric = test.get("metric", "open")
+    if metric not in ("open", "click"):
+        raise ValueError(f"test 'metric' must be open or click, not {metric!r}")
+    spec.test_percent, spec.metric = percent, metric
+    spec.decide_after_seconds = parse_duration(test.get("decide_after", BROADCAST_DECIDE_AFTER))
+    return spec
+
+
 def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
     """Check a rules file; raise ConfigFileError naming every problem and its line."""
     try:
@@ -314,12 +372,20 @@ def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
             f"{filename}:{document.line}: unknown section {key!r} (allowed: {', '.join(SECTIONS)})"
         )
     spec = AutomationSpec()
+    base = Path(filename).parent
+
+    def _template(item: dict[str, Any]) -> TemplateSpec:
+        return template_entry(item, base)
+
     for section, allowed, build, target, what in (
         ("segments", SEGMENT_FIELDS, _segment, spec.segments, "segment"),
         ("rules", RULE_FIELDS, _rule, spec.rules, "rule"),
         ("thresholds", THRESHOLD_FIELDS, _threshold, spec.thresholds, "threshold"),
         ("webhooks", WEBHOOK_FIELDS, _webhook, spec.webhooks, "webhook"),
         ("decay", DECAY_FIELDS, _decay, spec.decay, "decay policy"),
+        ("templates", TEMPLATE_FIELDS, _template, spec.templates, "template"),
+        ("sequences", SEQUENCE_FIELDS, build_sequence, spec.sequences, "sequence"),
+        ("broadcasts", BROADCAST_FIELDS, _broadcast, spec.broadcasts, "broadcast"),
     ):
         items = document.get(section) or []
         if not isinstance(items, list):
@@ -343,6 +409,7 @@ def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
                 ThresholdError,
                 DecayError,
                 SegmentError,
+                SequenceError,
                 ValueError,
                 TypeError,
             ) as e:

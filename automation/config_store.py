@@ -7,10 +7,14 @@ from typing import Any
 import yaml
 from sqlalchemy import Connection, or_, select
 
+from automation.broadcasts import apply_specs as apply_broadcasts
+from automation.broadcasts import export_specs as export_broadcasts
 from automation.bulk import insert_rows
 from automation.config_file import AutomationSpec, ConfigFileError
 from automation.segment_rules import SegmentError
 from automation.segments import SegmentDef, dependency_order
+from automation.sequence_config import apply_sequences, export_sequences
+from automation.template_source import export_templates, save_template
 from tracker.automation_models import DecayPolicy, ScoringRule, Segment, Threshold, Webhook
 from tracker.models import Site, utcnow
 
@@ -197,12 +201,21 @@ def apply(conn: Connection, spec: AutomationSpec, filename: str = "<rules>") -> 
             c: "new" for c in ("site_id", "mode", "window_days", "percent", "every_days", "enabled")
         },
     )
+    for template in spec.templates:  # unchanged content writes no new version
+        save_template(conn, template.name, template.spec, now)
+    # Sequences name templates and segments, and thresholds enrol into sequences.
+    apply_sequences(conn, spec, filename)
+    # Last: broadcasts name templates and segments, which the steps above may have written.
+    apply_broadcasts(conn, spec.broadcasts, filename)
     return {
         "segments": len(spec.segments),
         "rules": len(spec.rules),
         "thresholds": len(spec.thresholds),
         "webhooks": len(spec.webhooks),
         "decay policies": len(spec.decay),
+        "templates": len(spec.templates),
+        "sequences": len(spec.sequences),
+        "broadcasts": len(spec.broadcasts),
         "changed segments": changed_segments,
     }
 
@@ -267,5 +280,8 @@ def export(conn: Connection, secrets: bool = False) -> str:
         "thresholds": thresholds,
         "webhooks": webhooks,
         "decay": decay,
+        "templates": export_templates(conn),
+        "sequences": export_sequences(conn),
+        "broadcasts": export_broadcasts(conn),
     }
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

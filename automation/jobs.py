@@ -128,3 +128,51 @@ def repair_identities() -> int:
     from automation.ingest import repair_recent_identities
 
     return repair_recent_identities()
+
+
+def decide_broadcast(broadcast_id: int) -> str:
+    """Pick a broadcast's A/B test winner and queue it for the rest of the audience, once."""
+    from automation.broadcasts import decide
+    from automation.outgoing import dispatch
+    from tracker.db import db
+
+    try:
+        with db.engine.begin() as conn:
+            decided = decide(conn, broadcast_id)
+    finally:
+        db.session.remove()
+    if decided is None:
+        return "not testing: decided already, or started without a test"
+    # After the commit, so a send job never looks for a message that is not there yet.
+    dispatch(get_redis(), decided.message_ids, current_app.config["MAIL_BATCH"])
+    return f"winner {decided.winner} by {decided.metric} rate, {len(decided.message_ids)} queued"
+
+
+def send_messages(message_ids: list[int]) -> dict[str, int]:
+    """Send these queued messages (claimed one by one, so a duplicated job sends nothing twice)."""
+    from automation.sending import send_batch, settings_from
+    from tracker.db import db
+
+    try:
+        return send_batch(db.engine, get_redis(), message_ids, settings_from(current_app.config))
+    finally:
+        db.session.remove()
+
+
+def run_enrolments(enrolment_ids: list[int]) -> dict[str, int]:
+    """Run the due steps of these enrolments, each step once, then dispatch their messages."""
+    from automation.outgoing import dispatch
+    from automation.sequence_runner import run_due
+    from automation.sequence_steps import Caps
+    from tracker.models import utcnow
+
+    config = current_app.config
+    caps = Caps(config["EMAIL_CAP_PER_DAY"], config["EMAIL_CAP_PER_WEEK"])
+    result = run_due(enrolment_ids, utcnow(), caps)
+    # After the commits, so a send job never looks for a message that is not there yet.
+    dispatch(get_redis(), result.message_ids, config["MAIL_BATCH"])
+    return {
+        "enrolments": result.enrolments,
+        "steps": result.steps,
+        "messages": len(result.message_ids),
+    }

@@ -13,7 +13,10 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+from automation.broadcasts import enqueue_due_decisions
 from automation.jobs import INGEST_QUEUE
+from automation.outgoing import enqueue_due_messages
+from automation.sequence_runner import ENROLMENT_BATCH, enqueue_due_enrolments
 from tracker.redis_conn import get_redis
 
 log = logging.getLogger(__name__)
@@ -92,26 +95,32 @@ def ensure_ingestion(
     return added
 
 
-PERIODIC: tuple[tuple[str, int], ...] = (
-    ("automation.jobs.sweep_action_runs", 60),
-    ("automation.jobs.repair_identities", 60),
-    ("automation.jobs.apply_decay", 3600),
-    ("automation.jobs.rebuild_segments", 900),
+MAINTENANCE_QUEUE = "maintenance"
+"""Queue of the long periodic jobs, so a full rebuild never holds up mail or actions."""
+
+PERIODIC: tuple[tuple[str, int, str], ...] = (
+    ("automation.jobs.sweep_action_runs", 60, "default"),
+    ("automation.jobs.repair_identities", 60, "default"),
+    ("automation.jobs.apply_decay", 3600, MAINTENANCE_QUEUE),
+    ("automation.jobs.rebuild_segments", 900, MAINTENANCE_QUEUE),
 )
-"""Jobs enqueued every so many seconds: (dotted name, interval)."""
+"""Jobs enqueued every so many seconds: (dotted name, interval, queue)."""
 
 
-def enqueue_periodic(client: redis.Redis, periodic: tuple[tuple[str, int], ...] = PERIODIC) -> int:
+def enqueue_periodic(
+    client: redis.Redis, periodic: tuple[tuple[str, int, str], ...] = PERIODIC
+) -> int:
     """Enqueue each periodic job whose interval has passed; return how many.
 
     The interval is a Redis key with that lifetime, so a restarted or newly
     elected scheduler keeps the rhythm instead of starting over.
     """
-    queue = Queue("default", connection=client)
     count = 0
-    for name, seconds in periodic:
+    for name, seconds, queue in periodic:
         if client.set(f"cl:periodic:{name}", "1", nx=True, ex=seconds):
-            queue.enqueue(name, job_timeout=max(seconds * 5, 300), result_ttl=600)
+            Queue(queue, connection=client).enqueue(
+                name, job_timeout=max(seconds * 5, 300), result_ttl=600
+            )
             count += 1
     return count
 
@@ -129,6 +138,10 @@ def tick(app: Flask, lock: LeaderLock) -> None:
             lead_seconds=2 * app.config["SCHEDULER_TICK_SECONDS"],
         )
         enqueue_periodic(client)
+        with app.app_context():
+            enqueue_due_decisions(client)
+            enqueue_due_messages(client, datetime.now(UTC), app.config["MAIL_BATCH"])
+            enqueue_due_enrolments(client, datetime.now(UTC), ENROLMENT_BATCH)
     except redis.RedisError as e:
         log.warning("scheduler tick skipped, Redis unavailable: %s", e)
 

@@ -18,7 +18,7 @@ from rq.job import Job
 from tracker.db import db
 from tracker.redis_conn import connect_for_jobs
 
-DEFAULT_QUEUES = ("ingest", "default", "mail")
+DEFAULT_QUEUES = ("ingest", "default", "mail", "maintenance")
 """Queues a worker takes when none are named, highest priority first."""
 
 

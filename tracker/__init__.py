@@ -40,9 +40,11 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
 
     app.extensions["sites"] = SiteDirectory(_load_sites, app.config["SITE_CACHE_SECONDS"])
 
-    from tracker import cli, collect, health
+    from tracker import cli, collect, email_links, health, outbox_view
 
     app.register_blueprint(collect.bp)
+    app.register_blueprint(email_links.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(outbox_view.bp)
     cli.register(app)
     return app

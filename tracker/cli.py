@@ -17,6 +17,9 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 from sqlalchemy import select
 
+from tracker.cli_broadcasts import broadcasts_cli, templates_cli
+from tracker.cli_mail import mail_cli, outbox_cli
+from tracker.cli_sequences import leads_cli, sequences_cli
 from tracker.db import db
 from tracker.models import Contact, Event, Site
 from tracker.payload import normalise_email
@@ -130,7 +133,7 @@ def automation_load(path: str) -> None:
 
         from tracker.redis_conn import get_redis
 
-        Queue("default", connection=get_redis()).enqueue(
+        Queue("maintenance", connection=get_redis()).enqueue(
             "automation.jobs.rebuild_segments", changed, job_timeout=3600
         )
         click.echo(
@@ -228,7 +231,7 @@ def segments_preview(path: str, name: str) -> None:
 @with_appcontext
 @click.option(
     "--queues",
-    default="ingest,default,mail",
+    default="ingest,default,mail,maintenance",
     show_default=True,
     help="Comma-separated RQ queues, highest priority first.",
 )
@@ -330,10 +333,13 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
 
     app_spec = "tracker:create_app()"
     flask = [sys.executable, "-m", "flask", "--app", app_spec]
-    # Ingestion jobs read the stream for a minute at a time: actions get their own worker.
+    # Ingestion jobs read the stream for a minute at a time: actions and mail get their own
+    # worker.
     children = [
         subprocess.Popen([*flask, "worker", "--queues", "ingest"]),
         subprocess.Popen([*flask, "worker", "--queues", "default,mail"]),
+        # Full segment rebuilds and decay take long: they never hold mail or actions up.
+        subprocess.Popen([*flask, "worker", "--queues", "maintenance"]),
         subprocess.Popen([*flask, "scheduler"]),
     ]
     demo = make_server(host, demo_port, create_demo_app(tracker_url, site.key), threaded=True)
@@ -346,7 +352,7 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     click.echo(
         "Reach 30 points (pricing, tour, whitepaper, video, a search, a company in the "
         "contact form) and the lead becomes an MQL for Sam Sales; the email Sam gets "
-        f"lands in {Path(app.instance_path) / 'outbox'}\n"
+        f"lands in the outbox: {tracker_url}/outbox (or `flask --app wsgi outbox list`)\n"
     )
     try:
         make_server(host, port, app, threaded=True).serve_forever()
@@ -376,6 +382,12 @@ OPERATOR_COMMANDS = (
     users_cli,
     automation_cli,
     segments_cli,
+    broadcasts_cli,
+    templates_cli,
+    mail_cli,
+    outbox_cli,
+    sequences_cli,
+    leads_cli,
     worker_command,
     scheduler_command,
     dev_command,

@@ -89,7 +89,7 @@ segmentz: []
     with pytest.raises(ConfigFileError) as caught:
         parse(bad, "rules.yaml")
     problems = caught.value.problems
-    allowed = "segments, rules, thresholds, webhooks, decay"
+    allowed = "segments, rules, thresholds, webhooks, decay, templates, sequences, broadcasts"
     assert f"rules.yaml:1: unknown section 'segmentz' (allowed: {allowed})" in problems
     assert any(p.startswith("rules.yaml:2: rule 'Typo': unknown field 'colour'") for p in problems)
     assert any(
@@ -130,7 +130,7 @@ def test_load_is_idempotent_and_updates_by_name(app, tmp_path):
     for _ in range(2):
         result = runner.invoke(args=["automation", "load", write(tmp_path, GOOD)])
         assert result.exit_code == 0, result.output
-        assert "2 rules, 1 thresholds, 1 webhooks, 0 decay policies loaded" in result.output
+        assert "2 rules, 1 thresholds, 1 webhooks, 0 decay policies, 0 templates" in result.output
     changed = GOOD.replace("points: 10", "points: 12")
     assert runner.invoke(args=["automation", "load", write(tmp_path, changed)]).exit_code == 0
     with app.app_context():

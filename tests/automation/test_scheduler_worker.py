@@ -67,7 +67,7 @@ def test_periodic_jobs_are_enqueued_once_per_interval(app):
     from automation.scheduler import enqueue_periodic
 
     redis = get_redis(app)
-    periodic = (("automation.jobs.sweep_action_runs", 60),)
+    periodic = (("automation.jobs.sweep_action_runs", 60, "default"),)
     assert enqueue_periodic(redis, periodic) == 1
     assert enqueue_periodic(redis, periodic) == 0  # not due again for a minute
     assert Queue("default", connection=redis).count == 1
