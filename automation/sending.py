@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -305,6 +306,16 @@ def send_batch(
             }
         pending: list[_Outcome] = []
         position = 0
+        # Rendering runs on a second thread, in claim order and ahead of the sending:
+        # it works while this thread waits for the SMTP server's replies. (A message
+        # rendered and then not claimed, or deferred, is simply not sent.)
+        renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+        rendering = {
+            row.id: renderer.submit(
+                _prepare, row, recipients.get(row.contact_id), versions, settings
+            )
+            for row in rows
+        }
         try:
             while position < len(rows):
                 wanted = min(CLAIM_CHUNK, len(rows) - position)
@@ -334,28 +345,32 @@ def send_batch(
                             },
                         ).scalars()
                     )
-                for row in chunk:
-                    if row.id not in claimed:
-                        continue  # sent, or being sent, by another job; or not due yet
-                    outcome = _attempt(row, recipients.get(row.contact_id), versions, settings)
+                prepared = [(row, rendering[row.id]) for row in chunk if row.id in claimed]
+                for row, future in prepared:
+                    ready = future.result()
+                    outcome = (
+                        ready
+                        if isinstance(ready, _Outcome)
+                        else _deliver(ready, row, settings, row.attempts + 1)
+                    )
                     status = outcome.values["status"]
                     counts["retry" if status == "queued" else status] += 1
                     pending.append(outcome)
         finally:
+            renderer.shutdown(cancel_futures=True)
             if pending:
                 with conn.begin():
                     _write(conn, pending)
     return counts
 
 
-def _attempt(
+def _prepare(
     row: Any,
     recipient: dict[str, Any] | None,
     versions: dict[int, CompiledVersion],
     settings: SendSettings,
-) -> _Outcome:
-    """One claimed message: suppressed, rendered and handed over; the outcome to record."""
-    attempts = row.attempts + 1
+) -> Rendered | _Outcome:
+    """One claimed message rendered, or the outcome that it will not be sent (suppressed)."""
     if row.kind != "test" and (recipient is None or recipient["email_status"] != "ok"):
         status = recipient["email_status"] if recipient else "gone"
         return _Outcome(
@@ -384,7 +399,7 @@ def _attempt(
                 "lease_until": None,
             },
         )
-    return _deliver(rendered, row, settings, attempts)
+    return rendered
 
 
 def _wait_for_tokens(limiter: RateLimiter, wanted: int) -> tuple[int, float]:
