@@ -265,6 +265,7 @@ def _ensure_demo_site() -> Site:
     from automation.config_store import apply
     from tracker.automation_models import ScoringRule
     from tracker.demo import DEMO_SITE_NAME
+    from tracker.email_models import EmailTemplate
     from tracker.models import User
 
     site = db.session.scalar(select(Site).where(Site.name == DEMO_SITE_NAME))
@@ -274,7 +275,8 @@ def _ensure_demo_site() -> Site:
     if db.session.scalar(select(User).limit(1)) is None:
         db.session.add(User(email="sam.sales@demo.test", name="Sam Sales", role="sales"))
         db.session.commit()
-    if db.session.scalar(select(ScoringRule).limit(1)) is None:
+    no_templates = db.session.scalar(select(EmailTemplate).limit(1)) is None
+    if no_templates or db.session.scalar(select(ScoringRule).limit(1)) is None:
         rules = Path(__file__).parent / "templates" / "demo" / "rules.yaml"
         with db.engine.begin() as conn:
             apply(conn, parse(rules.read_text(), str(rules)), str(rules))
@@ -350,9 +352,10 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     click.echo(f"Demo website: {demo_url}  — click around; events appear below.")
     click.echo("Inspect a contact: .venv/bin/flask --app wsgi contacts show EMAIL")
     click.echo(
-        "Reach 30 points (pricing, tour, whitepaper, video, a search, a company in the "
-        "contact form) and the lead becomes an MQL for Sam Sales; the email Sam gets "
-        f"lands in the outbox: {tracker_url}/outbox (or `flask --app wsgi outbox list`)\n"
+        "Send the contact form and the new lead gets the 'Welcome nurture' email; click its "
+        "links and the next step follows. Reach 30 points (pricing, tour, whitepaper, video, "
+        "a search, a company in the form) and the lead becomes an MQL for Sam Sales. "
+        f"All mail lands in the outbox: {tracker_url}/outbox (or `flask --app wsgi outbox list`)\n"
     )
     try:
         make_server(host, port, app, threaded=True).serve_forever()

@@ -331,3 +331,34 @@ def test_the_demo_rules_file_is_valid():
     path = Path(__file__).parents[2] / "tracker" / "templates" / "demo" / "rules.yaml"
     spec = parse(path.read_text(), str(path))
     assert spec.thresholds[0].minimum == 30
+
+
+def test_the_demo_welcomes_a_new_lead_into_the_outbox(app, client, site):
+    """What `make run` shows: a contact form identify → segment → sequence → outbox."""
+    from email import message_from_string
+    from pathlib import Path
+
+    from automation.config_file import parse
+    from automation.config_store import apply
+    from automation.scheduler import LeaderLock, tick
+    from tracker.email_models import OutboxMessage
+    from tracker.redis_conn import get_redis
+
+    path = Path(__file__).parents[2] / "tracker" / "templates" / "demo" / "rules.yaml"
+    with app.app_context(), db.engine.begin() as conn:
+        apply(conn, parse(path.read_text(), str(path)), str(path))
+    post_events(
+        client, site.key, [event("identify", email="ada@example.com", traits={"first_name": "Ada"})]
+    )
+    ingest_all(app)
+    tick(app, LeaderLock(get_redis(app), ttl_ms=5000))  # finds the due enrolment step
+    run_worker(app, ["default", "mail"], burst=True)
+    with app.app_context():
+        kept = db.session.scalars(select(OutboxMessage)).all()
+    assert [m.to_addr for m in kept] == ["ada@example.com"]
+    mail = message_from_string(kept[0].raw)
+    html = next(p for p in mail.walk() if p.get_content_type() == "text/html").get_payload(
+        decode=True
+    )
+    assert b"Welcome, Ada!" in html and b"style=" in html  # personalised, CSS inlined
+    assert b"http://tracker.test/c/" in html and b"http://127.0.0.1:5001/app" not in html
