@@ -22,6 +22,7 @@ from tracker.email_models import EmailTemplate, Message, TemplateVersion
 from tracker.models import Contact, utcnow
 
 MESSAGES = Message.__table__
+LOOKUP_CHUNK = 5000
 
 VariantChooser = Callable[[Connection, int, list[str]], str]
 """(connection, template id, variant names) → the variant a new message gets."""
@@ -83,9 +84,12 @@ def create_messages(
         return []
     version = current_version(conn, template)
     contact_ids = sorted({r["contact_id"] for r in recipients})
-    emails = dict(
-        conn.execute(select(Contact.id, Contact.email).where(Contact.id.in_(contact_ids))).all()
-    )
+    emails: dict[int, str] = {}
+    for start in range(0, len(contact_ids), LOOKUP_CHUNK):  # SQLite caps bound parameters
+        chunk = contact_ids[start : start + LOOKUP_CHUNK]
+        emails.update(
+            conn.execute(select(Contact.id, Contact.email).where(Contact.id.in_(chunk))).all()
+        )
     now = utcnow()
     chooser = choose or _default_chooser
     rows = []
