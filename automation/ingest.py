@@ -192,7 +192,10 @@ class StreamIngestor:
         return self.process(entries)
 
     def run(
-        self, seconds: float, on_batch: Callable[[BatchResult], None] | None = None
+        self,
+        seconds: float,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> BatchResult:
         """Keep ingesting for `seconds`, draining the spool now and then; return the totals.
 
@@ -205,7 +208,7 @@ class StreamIngestor:
         deadline = started + seconds
         housekeeping = started + HOUSEKEEPING_DELAY_SECONDS
         next_spool_check = housekeeping
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not should_stop():
             if time.monotonic() >= next_spool_check:
                 if next_spool_check == housekeeping:
                     self.prune_consumers()

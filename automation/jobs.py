@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import current_app
 
 from automation.ingest import StreamIngestor
+from automation.worker import stopping
 from tracker.redis_conn import get_redis
 
 INGEST_QUEUE = "ingest"
@@ -23,7 +24,9 @@ def ingest(seconds: float | None = None) -> dict[str, int]:
         block_ms=config["INGEST_BLOCK_MS"],
         claim_idle_ms=config["INGEST_CLAIM_IDLE_MS"],
     )
-    total = ingestor.run(config["INGEST_JOB_SECONDS"] if seconds is None else seconds)
+    total = ingestor.run(
+        config["INGEST_JOB_SECONDS"] if seconds is None else seconds, should_stop=stopping
+    )
     return {"read": total.read, "stored": total.stored, "dead": total.dead}
 
 

@@ -10,6 +10,8 @@ process can keep its SMTP and database connections open across jobs.
 from __future__ import annotations
 
 import logging
+import threading
+from types import FrameType
 
 from flask import Flask
 from rq import Queue, SimpleWorker, Worker
@@ -31,13 +33,31 @@ class ForkingAppWorker(Worker):
         super().main_work_horse(job, queue)
 
 
+_stopping = threading.Event()
+
+
+def stopping() -> bool:
+    """True once this worker was asked to stop: long-running jobs end at their next step.
+
+    A forking worker kills its child on the second signal; a job running in the
+    worker itself cannot be killed, so jobs that loop (ingestion reads the stream
+    for a minute) look here and end early instead, leaving nothing unacknowledged.
+    """
+    return _stopping.is_set()
+
+
 class AppWorker(SimpleWorker):
     """An RQ worker that runs each job in its own process, keeping connections warm."""
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        _stopping.set()
+        super().request_stop(signum, frame)
 
 
 def run_worker(app: Flask, queues: list[str], burst: bool = False, fork: bool = False) -> bool:
     """Work `queues` (in priority order) until stopped, or until empty with `burst`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
+    _stopping.clear()
     connection = connect_for_jobs(app.config["REDIS_URL"])
     worker_class = ForkingAppWorker if fork else AppWorker
     worker = worker_class(

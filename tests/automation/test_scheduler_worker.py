@@ -130,3 +130,45 @@ def test_a_job_near_its_end_no_longer_counts_so_its_successor_is_queued():
     ]
     assert ending_soon(started, now, job_seconds=60, lead_seconds=2) == 2
     assert ending_soon(started, now, job_seconds=60, lead_seconds=0) == 0
+
+
+def test_a_stopping_worker_ends_a_running_ingestion_job_at_its_next_batch(
+    app, database_url, redis_url
+):
+    """One SIGTERM: the job in hand (here, one that would read for two minutes) ends early."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from rq.job import Job
+    from rq.registry import StartedJobRegistry
+
+    redis = get_redis(app)
+    queue = Queue(INGEST_QUEUE, connection=redis)
+    job = queue.enqueue("automation.jobs.ingest", 120, job_timeout=300)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "test-secret",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "tracker:create_app()", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):  # wait until the job is running
+            if job.id in StartedJobRegistry(queue=queue).get_job_ids():
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the worker never started the job")
+        worker.terminate()
+        assert worker.wait(60) == 0  # well before the job's two minutes
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert Job.fetch(job.id, connection=redis).get_status() == "finished"
