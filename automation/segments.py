@@ -11,7 +11,8 @@ the difference from their stored memberships.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -198,14 +199,15 @@ def refresh(
     if touched_list is not None:
         for segment in segments:
             result.joined[segment.id], result.left[segment.id] = [], []
-        for level in _levels(segments):
-            for start in range(0, len(touched_list), CHUNK):
-                chunk = touched_list[start : start + CHUNK]
-                for segment_id, (joined, left) in _refresh_touched(
-                    conn, level, ids, now, chunk
-                ).items():
-                    result.joined[segment_id] += joined
-                    result.left[segment_id] += left
+        with _planned_once(conn):
+            for level in _levels(segments):
+                for start in range(0, len(touched_list), CHUNK):
+                    chunk = touched_list[start : start + CHUNK]
+                    for segment_id, (joined, left) in _refresh_touched(
+                        conn, level, ids, now, chunk
+                    ).items():
+                        result.joined[segment_id] += joined
+                        result.left[segment_id] += left
         return result
     for position, segment in enumerate(segments, 1):
         condition = compile_condition(segment.rules, now, ids)
@@ -231,6 +233,28 @@ def _levels(segments: Sequence[SegmentDef]) -> list[list[SegmentDef]]:
             levels.append([])
         levels[level].append(segment)
     return levels
+
+
+@contextmanager
+def _planned_once(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, prepare the refresh's statements at once and keep one generic plan.
+
+    Planning the query that answers every segment costs more than running it
+    for a hundred contacts (about 60 ms against 40 ms at 1M contacts), and its
+    text does not change with the contacts (one array parameter): a prepared
+    statement with a generic plan pays for planning once per connection.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    driver = conn.connection.dbapi_connection
+    threshold = driver.prepare_threshold
+    conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+    driver.prepare_threshold = 0
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = threshold
 
 
 def _narrowing(conn: Connection) -> Callable[[Any], Any]:
