@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, text
-from sqlalchemy import update as update_statement
+from sqlalchemy import Connection, Table, case, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
@@ -73,6 +72,12 @@ SQLITE_MAX_VARIABLES = 32766
 @lru_cache(maxsize=64)
 def _processors(table: Table, columns: tuple[str, ...], dialect: Any) -> tuple[Any, ...]:
     return tuple(table.c[c].type.bind_processor(dialect) for c in columns)
+
+
+@lru_cache(maxsize=64)
+def _dialect_processors(table: Table, columns: tuple[str, ...], dialect: Any) -> tuple[Any, ...]:
+    # The dialect's own types: values written exactly as SQLAlchemy's executemany would.
+    return tuple(table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns)
 
 
 @lru_cache(maxsize=256)
@@ -179,8 +184,28 @@ def update_rows(
             sql += f' AND t."{only_where_null}" IS NULL'
         conn.execute(text(sql), {"rows": _dumps(rows)})
         return
-    stmt = update_statement(table).where(table.c[key] == bindparam("_key"))
-    if only_where_null:
-        stmt = stmt.where(table.c[only_where_null].is_(None))
-    stmt = stmt.values({c: bindparam(c) for c in columns if c != key})
-    conn.execute(stmt, [{**r, "_key": r[key]} for r in rows])
+    # Straight to the driver, values converted by SQLAlchemy's own bind processors:
+    # its executemany builds parameters row by row, which costs more than the update.
+    sets = [c for c in columns if c != key]
+    sql = (
+        f'UPDATE "{table.name}" SET '
+        + ", ".join(f'"{c}" = ?' for c in sets)
+        + f' WHERE "{key}" = ?'
+        + (f' AND "{only_where_null}" IS NULL' if only_where_null else "")
+    )
+    order = (*sets, key)
+    processors = _dialect_processors(table, order, conn.dialect)
+    params = [
+        tuple(
+            process(row[c]) if process is not None and row[c] is not None else row[c]
+            for c, process in zip(order, processors, strict=True)
+        )
+        for row in rows
+    ]
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.executemany(sql, params)
+    except conn.dialect.loaded_dbapi.Error as e:
+        raise DBAPIError.instance(sql, None, e, conn.dialect.loaded_dbapi.Error) from e
+    finally:
+        cursor.close()

@@ -101,6 +101,11 @@ def cached_version(version_id: int, load: Callable[[int], dict[str, Any]]) -> Co
     return found
 
 
+def forget_versions() -> None:
+    """Empty this process's cache of compiled versions (a database emptied under it: tests)."""
+    _VERSIONS.clear()
+
+
 @dataclass(frozen=True)
 class RenderSettings:
     """What rendering needs from the configuration."""

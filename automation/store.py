@@ -52,7 +52,7 @@ def _upsert_visitors(
         query = select(
             table.c.id, table.c.site_id, table.c.key, table.c.contact_id, table.c.last_seen
         ).where(table.c.key.in_(keys[start : start + 1000]))
-        for id_, site_id, key, contact_id, last_seen in conn.execute(query):
+        for id_, site_id, key, contact_id, last_seen in conn.execute(query).all():
             known[(site_id, key)] = (id_, contact_id, as_utc(last_seen))
     found = {key: (id_, contact_id) for key, (id_, contact_id, _) in known.items()}
     update_rows(
@@ -255,7 +255,8 @@ def store_batch(
     values = []
     for row in rows:
         visitor_id, contact_id = visitors[(row["site_id"], row["visitor_key"])]
-        value = {k: v for k, v in row.items() if k != "visitor_key"}
+        value = row.copy()  # the batch's rows stay as they were, for a retry one by one
+        del value["visitor_key"]
         value.update(visitor_id=visitor_id, contact_id=contact_id, ingested_at=now)
         values.append(value)
     # RETURNING tells what was new: rowcount is -1 for these statements on psycopg.

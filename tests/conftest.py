@@ -67,8 +67,14 @@ def make_app(database_url: str, redis_url: str, **overrides: Any) -> Flask:
 
 @pytest.fixture
 def app(database_url: str, redis_url: str) -> Iterator[Flask]:
+    from automation.render import forget_versions
+    from automation.variants import forget_stats
+
     app = make_app(database_url, redis_url)
     get_redis(app).flushall()
+    # Ids start over in an emptied database: what this process cached by id is stale.
+    forget_versions()
+    forget_stats()
     with app.app_context():
         for table in reversed(db.metadata.sorted_tables):
             db.session.execute(table.delete())
