@@ -11,11 +11,11 @@ processors: the same rows SQLAlchemy would write, without its per-row overhead.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Table, case, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Row
@@ -23,8 +23,9 @@ from sqlalchemy.exc import DBAPIError
 
 
 def _dumps(rows: Sequence[dict[str, Any]]) -> str:
-    # datetimes and UUIDs: their str() is a literal PostgreSQL reads back exactly.
-    return json.dumps(rows, default=str, separators=(",", ":"))
+    # orjson writes datetimes as RFC 3339 and UUIDs as text: literals PostgreSQL reads
+    # back exactly. Anything else falls back to its str().
+    return orjson.dumps(rows, default=str).decode()
 
 
 @lru_cache(maxsize=64)
