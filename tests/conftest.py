@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -158,3 +159,51 @@ def ingest_all(app: Flask) -> int:
             if not result.read:
                 return stored
             stored += result.stored
+
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(client: FlaskClient, path: str = "/admin/login") -> str:
+    """The session's CSRF token, as a page of the admin embeds it in its forms."""
+    page = client.get(path).get_data(as_text=True)
+    match = CSRF_RE.search(page)
+    assert match, f"no CSRF token in {path}"
+    return match.group(1)
+
+
+def make_user(
+    app: Flask, role: str, email: str | None = None, password: str = "correct horse 9"
+) -> int:
+    """A user of `role` who can log in with `password`; returns the id."""
+    from tracker.auth import hash_password
+    from tracker.models import User
+
+    with app.app_context():
+        user = User(
+            email=email or f"{role}@example.com",
+            name=role.title(),
+            role=role,
+            password_hash=hash_password(password),
+        )
+        db.session.add(user)
+        db.session.commit()
+        return user.id
+
+
+def admin_login(
+    app: Flask, client: FlaskClient, role: str = "admin", password: str = "correct horse 9"
+) -> int:
+    """Create a user of `role` and log `client` in as them through the login form."""
+    user_id = make_user(app, role, password=password)
+    response = client.post(
+        "/admin/login",
+        data={"email": f"{role}@example.com", "password": password, "csrf_token": csrf_of(client)},
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return user_id
+
+
+def post_form(client: FlaskClient, path: str, data: dict[str, Any], page: str | None = None) -> Any:
+    """POST an admin form with the session's CSRF token (read from `page`, default `path`)."""
+    return client.post(path, data={**data, "csrf_token": csrf_of(client, page or path)})

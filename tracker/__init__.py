@@ -1,4 +1,4 @@
-"""Closed Loop's web service: collection endpoints, health, CLI and (later) admin and API."""
+"""Closed Loop's web service: collection endpoints, email links, the admin, health and CLI."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from typing import Any
 
 from flask import Flask
 
-from tracker import automation_models, config, email_models, errors, redis_conn  # noqa: F401
+from tracker import (  # noqa: F401 - the models register their tables
+    automation_models,
+    config,
+    email_models,
+    errors,
+    redis_conn,
+    sales_models,
+)
 from tracker.db import db, migrate
 from tracker.netaddr import parse_trusted
 from tracker.sites import SiteDirectory, load_sites
@@ -25,6 +32,13 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = app.config["DATABASE_URL"]
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
     app.config["MAX_CONTENT_LENGTH"] = None
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=app.config["ENV"] != "development",
+        SESSION_COOKIE_NAME="closedloop_session",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+    )
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS), render_as_batch=True)
@@ -41,7 +55,9 @@ def create_app(config_overrides: dict[str, Any] | None = None) -> Flask:
     app.extensions["sites"] = SiteDirectory(_load_sites, app.config["SITE_CACHE_SECONDS"])
 
     from tracker import cli, collect, email_links, health, outbox_view
+    from tracker.admin import bp as admin_bp
 
+    app.register_blueprint(admin_bp)
     app.register_blueprint(collect.bp)
     app.register_blueprint(email_links.bp)
     app.register_blueprint(health.bp)

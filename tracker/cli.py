@@ -17,12 +17,13 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 from sqlalchemy import select
 
+from tracker.auth import ROLES
 from tracker.cli_broadcasts import broadcasts_cli, templates_cli
 from tracker.cli_mail import mail_cli, outbox_cli
 from tracker.cli_sequences import leads_cli, sequences_cli
 from tracker.db import db
 from tracker.models import Contact, Event, Site
-from tracker.payload import normalise_email
+from tracker.payload import EMAIL_RE, normalise_email
 from tracker.sites import create_site
 
 sites_cli = AppGroup("sites", help="Create and list tracked websites.")
@@ -83,22 +84,38 @@ def contacts_show(email: str) -> None:
     click.echo(json.dumps(report, indent=2, ensure_ascii=False))
 
 
-@users_cli.command("add")
+@users_cli.command("create")
 @click.option("--email", required=True)
-@click.option("--name", required=True)
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--name", help="Shown in the admin and in emails; default: the email's name part.")
 @click.option(
-    "--role", type=click.Choice(["sales", "marketer"]), default="sales", show_default=True
+    "--prompt",
+    "prompt_password",
+    is_flag=True,
+    help="Ask for the password instead of generating one (printed once).",
 )
-def users_add(email: str, name: str, role: str) -> None:
-    """Add a user (salespeople take part in round-robin assignment)."""
+def users_create(email: str, role: str, name: str | None, prompt_password: bool) -> None:
+    """Add a user who can log in; active salespeople share round-robin assignment."""
+    from tracker.auth import MIN_PASSWORD, hash_password, new_password
     from tracker.models import User
 
     email = normalise_email(email)
+    if not EMAIL_RE.fullmatch(email):
+        raise click.BadParameter(f"{email!r} is not an email address", param_hint="--email")
     if db.session.scalar(select(User).where(User.email == email)):
         raise click.ClickException(f"a user with the email {email!r} exists already")
-    db.session.add(User(email=email, name=name, role=role))
+    if prompt_password:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        if len(password) < MIN_PASSWORD:
+            raise click.ClickException(f"the password needs at least {MIN_PASSWORD} characters")
+    else:
+        password = new_password()
+    name = (name or email.split("@")[0]).strip()[:200]
+    db.session.add(User(email=email, name=name, role=role, password_hash=hash_password(password)))
     db.session.commit()
-    click.echo(f"added {role} {name} <{email}>")
+    click.echo(f"created {role} {name} <{email}>")
+    if not prompt_password:
+        click.echo(f"password (shown once): {password}")
 
 
 @users_cli.command("list")
@@ -263,6 +280,7 @@ def _ensure_demo_site() -> Site:
     """The demo site, a demo salesperson, and the demo rules when none exist yet."""
     from automation.config_file import parse
     from automation.config_store import apply
+    from tracker.auth import hash_password, new_password
     from tracker.automation_models import ScoringRule
     from tracker.demo import DEMO_SITE_NAME
     from tracker.email_models import EmailTemplate
@@ -272,9 +290,33 @@ def _ensure_demo_site() -> Site:
     if site is None:
         site = create_site(DEMO_SITE_NAME, ["127.0.0.1", "localhost"])
         db.session.commit()
-    if db.session.scalar(select(User).limit(1)) is None:
-        db.session.add(User(email="sam.sales@demo.test", name="Sam Sales", role="sales"))
+    if db.session.scalar(select(User).where(User.role == "admin").limit(1)) is None:
+        password = new_password()
+        db.session.add(
+            User(
+                email="admin@closedloop.local",
+                name="Admin",
+                role="admin",
+                password_hash=hash_password(password),
+            )
+        )
         db.session.commit()
+        click.echo(
+            f"created the first admin: admin@closedloop.local, password {password} "
+            "(shown once; more users: flask --app wsgi users create)"
+        )
+    if db.session.scalar(select(User).where(User.role == "sales").limit(1)) is None:
+        password = new_password()
+        db.session.add(
+            User(
+                email="sam.sales@demo.test",
+                name="Sam Sales",
+                role="sales",
+                password_hash=hash_password(password),
+            )
+        )
+        db.session.commit()
+        click.echo(f"created the demo salesperson: sam.sales@demo.test, password {password}")
     no_templates = db.session.scalar(select(EmailTemplate).limit(1)) is None
     if no_templates or db.session.scalar(select(ScoringRule).limit(1)) is None:
         rules = Path(__file__).parent / "templates" / "demo" / "rules.yaml"
@@ -349,6 +391,7 @@ def dev_command(host: str, port: int, demo_port: int) -> None:
     stop = threading.Event()
     threading.Thread(target=_feed, args=(app, stop), daemon=True).start()
     click.echo(f"\nClosed Loop is running: tracker {tracker_url}  (health: {tracker_url}/healthz)")
+    click.echo(f"Admin: {tracker_url}/admin (the first admin's password was printed when made)")
     click.echo(f"Demo website: {demo_url}  — click around; events appear below.")
     click.echo("Inspect a contact: .venv/bin/flask --app wsgi contacts show EMAIL")
     click.echo(

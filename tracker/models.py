@@ -51,6 +51,8 @@ class Site(db.Model):
     respect_dnt: Mapped[bool] = mapped_column(Boolean, default=False)
     # Sequences wait "until Tuesday 10:00" in this zone for contacts without one of their own.
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # Keep only the network part of visitors' IP addresses (/24, /48): the privacy default.
+    truncate_ips: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -85,9 +87,14 @@ class User(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(20), default="sales")
+    role: Mapped[str] = mapped_column(String(20), default="sales")  # admin | marketer | sales
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     last_assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # No hash: the user cannot log in (a salesperson who only gets emails, say).
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

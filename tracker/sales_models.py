@@ -1,0 +1,106 @@
+"""Tables of the sales side and of reporting: notes, lead actions, opportunities, campaigns."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    JSON,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tracker.db import db
+from tracker.models import BigId, utcnow
+
+Money = Numeric(14, 2)
+
+
+class ContactNote(db.Model):
+    """Something a person wrote about a contact."""
+
+    __tablename__ = "contact_notes"
+    __table_args__ = (Index("ix_contact_notes_contact_time", "contact_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LeadAction(db.Model):
+    """What sales said about a lead: accept, not ready, disqualify, convert."""
+
+    __tablename__ = "lead_actions"
+    __table_args__ = (Index("ix_lead_actions_contact_time", "contact_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(20))  # accept | not_ready | disqualify | convert
+    reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Campaign(db.Model):
+    """A marketing effort: what it matches (UTM codes, emails, sequences) and what it cost."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    channel: Mapped[str] = mapped_column(String(40))  # email | paid_search | social | event | …
+    utm_campaigns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    template_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    sequence_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    starts_on: Mapped[date | None] = mapped_column(Date)
+    ends_on: Mapped[date | None] = mapped_column(Date)
+    cost: Mapped[Decimal | None] = mapped_column(Money)  # the total, when not per period
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CampaignCost(db.Model):
+    """What a campaign cost in one period (a month, say), when cost is kept per period."""
+
+    __tablename__ = "campaign_costs"
+    __table_args__ = (Index("ix_campaign_costs_campaign_start", "campaign_id", "starts_on"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)
+    amount: Mapped[Decimal] = mapped_column(Money)
+
+
+class Opportunity(db.Model):
+    """A deal with a contact: amount, expected close, open / won / lost, and its campaign."""
+
+    __tablename__ = "opportunities"
+    __table_args__ = (
+        Index("ix_opportunities_contact", "contact_id"),
+        Index("ix_opportunities_stage_closed", "stage", "closed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
+    # auto: attributed from the contact's touches; manual: someone chose it.
+    campaign_source: Mapped[str] = mapped_column(String(10), default="auto")
+    name: Mapped[str] = mapped_column(String(200))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    expected_close: Mapped[date | None] = mapped_column(Date)
+    stage: Mapped[str] = mapped_column(String(10), default="open")  # open | won | lost
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
