@@ -39,7 +39,10 @@ class NavItem:
     roles: tuple[str, ...] = ("admin", "marketer", "sales")
 
 
-NAV: list[NavItem] = [NavItem("admin.home", "Home")]
+NAV: list[NavItem] = [
+    NavItem("admin.home", "Home"),
+    NavItem("admin.outbox_list", "Outbox", ("marketer",)),
+]
 """The menu, in order; feature modules append their pages."""
 
 
@@ -97,4 +100,4 @@ def _template_globals() -> dict[str, Any]:
     return {"current_user": user, "csrf_token": csrf_token, "nav": menu}
 
 
-from tracker.admin import views_auth  # noqa: E402, F401 - registers the routes
+from tracker.admin import outbox, views_auth  # noqa: E402, F401 - registers the routes
