@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, Request, Response, current_app, request
 
 from tracker.errors import BadEvent
-from tracker.netaddr import client_ip
+from tracker.netaddr import client_ip, truncate_ip
 from tracker.payload import SITE_RE, parse_batch, parse_event
 from tracker.sites import SiteInfo
 from tracker.stream import encode
@@ -71,6 +71,8 @@ def _stamp(
     """Add what only the server may say: site, visitor, time, address and user agent."""
     now = time.time()
     ip, user_agent = client_of(app, req)
+    if site.truncate_ips:
+        ip = truncate_ip(ip)
     stamped = []
     for event in events:
         event.update(site=site.id, visitor=visitor, at=now, ip=ip, ua=user_agent)

@@ -36,6 +36,7 @@ from tracker.db import db
 from tracker.email_models import Enrolment, EnrolmentLog, Message
 from tracker.errors import BadEvent, StorageUnavailable
 from tracker.models import Contact, utcnow
+from tracker.netaddr import truncate_ip
 from tracker.payload import MAX_EMAIL, normalise_email
 from tracker.stream import encode
 from tracker.tokens import IDENTIFY_PARAM, MessageRef, make_token, read_token, signing_key
@@ -68,6 +69,8 @@ def _token(app: Flask, purpose: str, token: str) -> MessageRef | None:
 def _record(app: Flask, req: Request, kind: str, message_id: int, **fields: Any) -> None:
     """Append an email event to the stream (or the spool when Redis is down)."""
     ip, user_agent = client_of(app, req)
+    # Opens and clicks belong to no site, so no site setting applies: always truncated.
+    ip = truncate_ip(ip)
     entry = {
         "id": str(uuid.uuid4()),
         "type": kind,

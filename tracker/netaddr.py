@@ -54,3 +54,25 @@ def client_ip(
         return str(ipaddress.ip_address(address))
     except ValueError:
         return remote_addr or ""
+
+
+def truncate_ip(address: str) -> str:
+    """Keep only the network part of an address: IPv4 /24 (last octet 0), IPv6 /48.
+
+    Plain IPv4 is cut as a string (this runs per collected event); anything
+    else goes through `ipaddress`, and what is not an address becomes "".
+    """
+    if "." in address and ":" not in address:
+        head, dot, _ = address.rpartition(".")
+        return head + dot + "0" if head.count(".") == 2 else ""
+    if not address:
+        return ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return truncate_ip(str(ip.ipv4_mapped))
+    if isinstance(ip, ipaddress.IPv4Address):
+        return truncate_ip(str(ip))
+    return str(ipaddress.IPv6Address(int(ip) >> 80 << 80))

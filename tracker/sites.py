@@ -32,6 +32,8 @@ class SiteInfo:
     key: str
     domains: tuple[str, ...]
     respect_dnt: bool
+    # Store only the network part of visitors' addresses (the site's privacy setting).
+    truncate_ips: bool = True
 
     def allows_host(self, host: str | None) -> bool:
         """Return True when `host` is one of the site's domains or a subdomain of one."""
@@ -66,10 +68,13 @@ def create_site(name: str, domains: Iterable[str], respect_dnt: bool = False) ->
 
 def load_sites() -> dict[str, SiteInfo]:
     """Read every site from the database."""
-    rows = db.session.execute(select(Site.id, Site.key, Site.domains, Site.respect_dnt)).all()
+    rows = db.session.execute(
+        select(Site.id, Site.key, Site.domains, Site.respect_dnt, Site.truncate_ips)
+    ).all()
     db.session.remove()
     return {
-        key: SiteInfo(id_, key, tuple(domains or ()), bool(dnt)) for id_, key, domains, dnt in rows
+        key: SiteInfo(id_, key, tuple(domains or ()), bool(dnt), truncate is not False)
+        for id_, key, domains, dnt, truncate in rows
     }
 
 

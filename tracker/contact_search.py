@@ -1,0 +1,204 @@
+"""Finding contacts: the admin list's filters, checked, and the query they make."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select
+
+from tracker.automation_models import SegmentMember
+from tracker.db import db
+from tracker.models import Contact, User, Visitor, as_utc
+
+PER_PAGE = 50
+"""Contacts one page of the list shows."""
+
+MAX_QUERY = 200
+"""Longest search text."""
+
+MAX_PAGE = 10_000
+"""Highest page number accepted (an offset beyond this is a mistake, not a need)."""
+
+
+@dataclass(frozen=True)
+class ContactFilters:
+    """What the list is narrowed to; None means "any"."""
+
+    q: str = ""
+    stage: str | None = None
+    owner: int | None = None
+    unowned: bool = False
+    segment: int | None = None
+    min_score: int | None = None
+    max_score: int | None = None
+    page: int = 1
+
+    def query_args(self, **changes: Any) -> dict[str, Any]:
+        """These filters as URL query arguments (for pagination links), with changes."""
+        args: dict[str, Any] = {
+            "q": self.q or None,
+            "stage": self.stage,
+            "owner": "none" if self.unowned else self.owner,
+            "segment": self.segment,
+            "min_score": self.min_score,
+            "max_score": self.max_score,
+            "page": self.page if self.page > 1 else None,
+        }
+        args.update(changes)
+        return {k: v for k, v in args.items() if v not in (None, "")}
+
+
+@dataclass
+class ParsedFilters:
+    """Filters read from a request, and a message per field that was wrong."""
+
+    filters: ContactFilters
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _int(args: Mapping[str, str], name: str, errors: dict[str, str], what: str) -> int | None:
+    raw = (args.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        errors[name] = f"{what} must be a whole number, not {raw[:40]!r}"
+        return None
+
+
+def parse_filters(args: Mapping[str, str], stages: tuple[str, ...]) -> ParsedFilters:
+    """Read and check the list's query arguments; wrong ones are left out and named."""
+    errors: dict[str, str] = {}
+    q = (args.get("q") or "").strip()
+    if len(q) > MAX_QUERY:
+        errors["q"] = f"search at most {MAX_QUERY} characters"
+        q = ""
+    stage = (args.get("stage") or "").strip() or None
+    if stage is not None and stage not in stages:
+        errors["stage"] = f"unknown stage {stage[:40]!r}; pick one of {', '.join(stages)}"
+        stage = None
+    raw_owner = (args.get("owner") or "").strip()
+    unowned = raw_owner == "none"
+    owner = None if unowned else _int(args, "owner", errors, "owner")
+    segment = _int(args, "segment", errors, "segment")
+    min_score = _int(args, "min_score", errors, "minimum score")
+    max_score = _int(args, "max_score", errors, "maximum score")
+    if min_score is not None and max_score is not None and min_score > max_score:
+        errors["max_score"] = f"the maximum score ({max_score}) is below the minimum ({min_score})"
+        max_score = None
+    page = _int(args, "page", errors, "page")
+    if page is None:
+        page = 1
+    elif not 1 <= page <= MAX_PAGE:
+        errors["page"] = f"page must be between 1 and {MAX_PAGE}"
+        page = 1
+    filters = ContactFilters(q, stage, owner, unowned, segment, min_score, max_score, page)
+    return ParsedFilters(filters, errors)
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    """One line of the list."""
+
+    id: int
+    email: str
+    name: str
+    company: str | None
+    stage: str
+    score: int
+    engagement_score: int
+    fit_score: int
+    owner: str | None
+    last_seen: datetime | None
+
+
+@dataclass(frozen=True)
+class ContactPage:
+    """One page of matching contacts, and how many match in all."""
+
+    rows: list[ContactRow]
+    total: int
+    page: int
+    has_next: bool
+
+
+def _matching(filters: ContactFilters) -> Select[Any]:
+    query = select(Contact.id)
+    if filters.q:
+        # Case-insensitive substring; LIKE's wildcards in the text are taken literally.
+        text = filters.q.lower()
+        full_name = func.lower(
+            func.coalesce(Contact.first_name, "") + " " + func.coalesce(Contact.last_name, "")
+        )
+        query = query.where(
+            or_(
+                *(
+                    func.lower(column).contains(text, autoescape=True)
+                    for column in (Contact.email, Contact.company, Contact.last_name)
+                ),
+                full_name.contains(text, autoescape=True),
+            )
+        )
+    if filters.stage:
+        query = query.where(Contact.stage == filters.stage)
+    if filters.unowned:
+        query = query.where(Contact.owner_id.is_(None))
+    elif filters.owner is not None:
+        query = query.where(Contact.owner_id == filters.owner)
+    if filters.segment is not None:
+        member = select(SegmentMember.contact_id).where(
+            SegmentMember.segment_id == filters.segment, SegmentMember.contact_id == Contact.id
+        )
+        query = query.where(member.exists())
+    if filters.min_score is not None:
+        query = query.where(Contact.score >= filters.min_score)
+    if filters.max_score is not None:
+        query = query.where(Contact.score <= filters.max_score)
+    return query
+
+
+def search_contacts(filters: ContactFilters, per_page: int = PER_PAGE) -> ContactPage:
+    """The page of contacts the filters match, most recently active first."""
+    matching = _matching(filters).subquery()
+    total = db.session.scalar(select(func.count()).select_from(matching)) or 0
+    seen = (
+        select(Visitor.contact_id, func.max(Visitor.last_seen).label("last_seen"))
+        .where(Visitor.contact_id.in_(select(matching.c.id)))
+        .group_by(Visitor.contact_id)
+        .subquery()
+    )
+    # A contact never seen on a site (imported, email only) counts as active when it changed.
+    activity = func.coalesce(seen.c.last_seen, Contact.updated_at)
+    rows = db.session.execute(
+        select(Contact, User.name, seen.c.last_seen)
+        .join(matching, matching.c.id == Contact.id)
+        .outerjoin(seen, seen.c.contact_id == Contact.id)
+        .outerjoin(User, User.id == Contact.owner_id)
+        .order_by(activity.desc(), Contact.id.desc())
+        .offset((filters.page - 1) * per_page)
+        .limit(per_page + 1)
+    ).all()
+    return ContactPage(
+        [
+            ContactRow(
+                contact.id,
+                contact.email,
+                " ".join(p for p in (contact.first_name, contact.last_name) if p),
+                contact.company,
+                contact.stage,
+                contact.score,
+                contact.engagement_score,
+                contact.fit_score,
+                owner,
+                as_utc(last_seen) if last_seen else None,
+            )
+            for contact, owner, last_seen in rows[:per_page]
+        ],
+        total,
+        filters.page,
+        len(rows) > per_page,
+    )
