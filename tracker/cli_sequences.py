@@ -132,8 +132,7 @@ def sequences_show(sequence: str | None, limit: int) -> None:
 @click.option("--reason", required=True, help="Why the lead is not ready (kept with the stage).")
 def leads_not_ready(email: str, reason: str) -> None:
     """Send a lead back to nurture: stage `nurture`, and the sequence for its segment."""
-    from automation.actions import set_stage
-    from automation.sequence_runner import enrol, not_ready_sequence, refusal
+    from automation.sales import record_action, send_to_nurture
     from tracker.models import utcnow
 
     if not reason.strip():
@@ -141,18 +140,19 @@ def leads_not_ready(email: str, reason: str) -> None:
     contact = _contact(email)
     now = utcnow()
     cause = f"not ready: {reason.strip()}"
+    # The same change as the admin's "not ready" button, kept as a lead action without a user.
     with db.engine.begin() as conn:
-        set_stage(conn, {"id": contact.id, "stage": contact.stage}, "nurture", cause, now)
-        sequence = not_ready_sequence(conn, contact.id)
-        created = enrol(conn, [contact.id], sequence, cause, now) if sequence else []
-        why = refusal(conn, contact.id, sequence, now) if sequence and not created else None
+        record_action(conn, contact.id, None, "not_ready", reason.strip(), now)
+        nurture = send_to_nurture(conn, {"id": contact.id, "stage": contact.stage}, cause, now)
     who = _safe(contact.email)
     click.echo(f"{who} is now in stage nurture")
-    if sequence is None:
+    if nurture.sequence is None:
         raise click.ClickException(
             "no sequence takes not-ready leads in this contact's segments: add one with "
             "`entry: {not_ready: true}` (optionally with a segment) and `automation load` it"
         )
-    if not created:
-        raise click.ClickException(f"not enrolled in {_safe(sequence.name)!r}: {_safe(why)}")
-    click.echo(f"enrolled in {_safe(sequence.name)!r} (enrolment {created[0]})")
+    if nurture.enrolment_id is None:
+        raise click.ClickException(
+            f"not enrolled in {_safe(nurture.sequence)!r}: {_safe(nurture.refusal)}"
+        )
+    click.echo(f"enrolled in {_safe(nurture.sequence)!r} (enrolment {nurture.enrolment_id})")

@@ -1,0 +1,355 @@
+"""The sales pages: the "My leads" queue, one lead with its actions, and follow-up health."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Response, abort, current_app, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
+
+from tracker.admin import bp
+from tracker.admin.opportunities import contact_label, money, owners, parse_deal, when
+from tracker.auth import current_user, roles
+from tracker.automation_models import PointsEntry, ScoringRule, StageChange
+from tracker.db import db
+from tracker.email_models import Enrolment
+from tracker.email_models import Sequence as NurtureSequence
+from tracker.models import Contact, Event, User, as_utc, utcnow
+from tracker.sales_models import LeadAction, Opportunity
+
+QUEUE_LIMIT = 200
+"""Most leads one queue page lists."""
+
+POINTS_SHOWN = 5
+"""Recent point awards shown per lead in the queue (the lead's page shows more)."""
+
+ACTION_LABELS = {
+    "accept": "Accepted",
+    "not_ready": "Not ready",
+    "disqualify": "Disqualified",
+    "convert": "Converted",
+}
+DONE = {
+    "accept": "Accepted: the lead is now an SQL.",
+    "not_ready": "Sent back to nurture.",
+    "disqualify": "Disqualified.",
+}
+
+
+def _mql_times() -> Any:
+    """Per contact, when it last became an MQL."""
+    return (
+        select(StageChange.contact_id, func.max(StageChange.created_at).label("at"))
+        .where(StageChange.to_stage == "mql")
+        .group_by(StageChange.contact_id)
+        .subquery()
+    )
+
+
+def _latest_causes(contact_ids: Sequence[int]) -> dict[int, str]:
+    """Why each contact last became an MQL (the stage change's cause)."""
+    causes: dict[int, str] = {}
+    for contact_id, cause in db.session.execute(
+        select(StageChange.contact_id, StageChange.cause)
+        .where(StageChange.contact_id.in_(contact_ids), StageChange.to_stage == "mql")
+        .order_by(StageChange.created_at, StageChange.id)
+    ):
+        causes[contact_id] = cause
+    return causes
+
+
+def recent_points(contact_ids: Sequence[int], per_contact: int) -> dict[int, list[Any]]:
+    """The latest point awards of each contact: rule, points, and the event that earned them."""
+    if not contact_ids:
+        return {}
+    ranked = (
+        select(
+            PointsEntry.contact_id,
+            PointsEntry.delta,
+            PointsEntry.kind,
+            PointsEntry.created_at,
+            ScoringRule.name.label("rule"),
+            Event.type.label("event_type"),
+            Event.path,
+            Event.title,
+            Event.name.label("event_name"),
+            func.row_number()
+            .over(
+                partition_by=PointsEntry.contact_id,
+                order_by=(PointsEntry.created_at.desc(), PointsEntry.id.desc()),
+            )
+            .label("rank"),
+        )
+        .outerjoin(ScoringRule, ScoringRule.id == PointsEntry.rule_id)
+        .outerjoin(Event, Event.id == PointsEntry.event_id)
+        .where(PointsEntry.contact_id.in_(contact_ids), PointsEntry.delta > 0)
+        .subquery()
+    )
+    found: dict[int, list[Any]] = defaultdict(list)
+    for row in db.session.execute(
+        select(ranked)
+        .where(ranked.c.rank <= per_contact)
+        .order_by(ranked.c.contact_id, ranked.c.rank)
+    ):
+        found[row.contact_id].append(row)
+    return found
+
+
+def lead_queue(owner: int | str | None, stages: Sequence[str] = ("mql",)) -> list[dict[str, Any]]:
+    """Leads in `stages`, oldest MQL first, with why they qualified and their recent points.
+
+    `owner` is a user id, "none" for unassigned leads, or None for everyone's.
+    """
+    mql = _mql_times()
+    since = func.coalesce(mql.c.at, Contact.created_at)
+    owner_user = aliased(User)
+    query = (
+        select(Contact, since.label("mql_at"), owner_user.name)
+        .outerjoin(mql, mql.c.contact_id == Contact.id)
+        .outerjoin(owner_user, owner_user.id == Contact.owner_id)
+        .where(Contact.stage.in_(stages))
+        .order_by(since, Contact.id)
+        .limit(QUEUE_LIMIT)
+    )
+    if owner == "none":
+        query = query.where(Contact.owner_id.is_(None))
+    elif owner is not None:
+        query = query.where(Contact.owner_id == owner)
+    rows = db.session.execute(query).all()
+    ids = [contact.id for contact, _, _ in rows]
+    causes = _latest_causes(ids) if ids else {}
+    points = recent_points(ids, POINTS_SHOWN)
+    return [
+        {
+            "contact": contact,
+            "label": contact_label(contact),
+            "mql_at": as_utc(mql_at) if mql_at else None,
+            "owner": owner_name,
+            "cause": causes.get(contact.id),
+            "points": points.get(contact.id, []),
+        }
+        for contact, mql_at, owner_name in rows
+    ]
+
+
+def _owner_filter(user: User) -> tuple[int | str | None, str]:
+    """Whose leads a page shows: a salesperson's own; an admin's choice (everyone's by default)."""
+    if user.role != "admin":
+        return user.id, str(user.id)
+    raw = request.args.get("owner", "")
+    if raw == "none":
+        return "none", raw
+    if raw.isdigit():
+        return int(raw), raw
+    return None, ""
+
+
+@bp.get("/leads")
+@roles("sales")
+def leads() -> str:
+    """My leads: MQLs waiting for a decision, then accepted leads (SQLs) still being worked."""
+    user = current_user()
+    owner, chosen = _owner_filter(user)
+    return render_template(
+        "admin/sales/leads.html",
+        waiting=lead_queue(owner, ("mql",)),
+        accepted=lead_queue(owner, ("sql",)),
+        owner=chosen,
+        owners=owners() if user.role == "admin" else [],
+        limit=QUEUE_LIMIT,
+        when=when,
+    )
+
+
+def _lead(contact_id: int) -> Contact:
+    """The contact, when the user may act on it: its owner, or an admin."""
+    contact = db.session.get(Contact, contact_id)
+    if contact is None:
+        abort(404)
+    user = current_user()
+    if user.role != "admin" and contact.owner_id != user.id:
+        abort(403, "this lead is assigned to someone else")
+    return contact
+
+
+def _lead_page(
+    contact: Contact,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    form: Any = None,
+    done: str | None = None,
+) -> tuple[str, int] | str:
+    mql = _mql_times()
+    mql_at = db.session.scalar(select(mql.c.at).where(mql.c.contact_id == contact.id))
+    actor = aliased(User)
+    actions = db.session.execute(
+        select(LeadAction, actor.name)
+        .outerjoin(actor, actor.id == LeadAction.user_id)
+        .where(LeadAction.contact_id == contact.id)
+        .order_by(LeadAction.created_at.desc(), LeadAction.id.desc())
+    ).all()
+    enrolments = db.session.execute(
+        select(Enrolment, NurtureSequence.name)
+        .join(NurtureSequence, NurtureSequence.id == Enrolment.sequence_id)
+        .where(Enrolment.contact_id == contact.id)
+        .order_by(Enrolment.started_at.desc(), Enrolment.id.desc())
+    ).all()
+    deals = db.session.scalars(
+        select(Opportunity)
+        .where(Opportunity.contact_id == contact.id)
+        .order_by(Opportunity.created_at.desc())
+    ).all()
+    page = render_template(
+        "admin/sales/lead.html",
+        contact=contact,
+        label=contact_label(contact),
+        mql_at=mql_at,
+        cause=_latest_causes([contact.id]).get(contact.id),
+        points=recent_points([contact.id], 20).get(contact.id, []),
+        actions=actions,
+        enrolments=enrolments,
+        deals=deals,
+        errors=errors or {},
+        form=form or {},
+        done=DONE.get(done or ""),
+        labels=ACTION_LABELS,
+        when=when,
+        money=money,
+    )
+    return (page, status) if status != 200 else page
+
+
+@bp.get("/leads/<int:contact_id>")
+@roles("sales")
+def lead(contact_id: int) -> tuple[str, int] | str:
+    """One lead: why it qualified, what was decided so far, and the action forms."""
+    return _lead_page(_lead(contact_id), done=request.args.get("done"))
+
+
+@bp.post("/leads/<int:contact_id>")
+@roles("sales")
+def lead_act(contact_id: int) -> Response | tuple[str, int] | str:
+    """Accept, send back to nurture, disqualify, or convert the lead to an opportunity."""
+    from automation.sales import ACTIONS, SalesRefused, act_on_lead
+
+    contact = _lead(contact_id)
+    user = current_user()
+    action = request.form.get("action", "")
+    reason = (request.form.get("reason") or "").strip()
+    errors: dict[str, str] = {}
+    deal = None
+    if action not in ACTIONS:
+        errors["action"] = "choose accept, not ready, disqualify or convert"
+    elif action in ("not_ready", "disqualify") and not reason:
+        errors[f"{action}_reason"] = "say why, so marketing can learn from it"
+    elif len(reason) > 500:
+        errors[f"{action}_reason"] = f"at most 500 characters (this one has {len(reason)})"
+    elif action == "convert":
+        deal, deal_errors = parse_deal(request.form, False, user.id)
+        errors.update(deal_errors)
+    if errors:
+        return _lead_page(contact, 400, errors, request.form)
+    try:
+        result = act_on_lead(
+            db.session.connection(),
+            contact.id,
+            user.id,
+            user.name,
+            action,
+            reason or None,
+            utcnow(),
+            deal,
+        )
+    except SalesRefused as e:
+        db.session.rollback()
+        db.session.refresh(contact)
+        return _lead_page(contact, 409, {"action": str(e)}, request.form)
+    db.session.commit()
+    if result.opportunity_id is not None:
+        return redirect(url_for("admin.opportunity", opportunity_id=result.opportunity_id, saved=1))
+    return redirect(url_for("admin.lead", contact_id=contact.id, done=action))
+
+
+def health_pairs(since: datetime) -> list[tuple[int, int | None, datetime, datetime | None]]:
+    """(contact, owner, became MQL, first lead action since) for MQL changes after `since`."""
+    first_action = (
+        select(func.min(LeadAction.created_at))
+        .where(
+            LeadAction.contact_id == StageChange.contact_id,
+            LeadAction.created_at >= StageChange.created_at,
+        )
+        .scalar_subquery()
+    )
+    rows = db.session.execute(
+        select(StageChange.contact_id, Contact.owner_id, StageChange.created_at, first_action)
+        .join(Contact, Contact.id == StageChange.contact_id)
+        .where(StageChange.to_stage == "mql", StageChange.created_at >= since)
+    ).all()
+    return [
+        (contact_id, owner_id, as_utc(mql_at), as_utc(acted) if acted else None)
+        for contact_id, owner_id, mql_at, acted in rows
+    ]
+
+
+def untouched_mqls() -> list[dict[str, Any]]:
+    """Contacts in stage mql with no lead action since they became MQL, oldest first."""
+    mql = _mql_times()
+    since = func.coalesce(mql.c.at, Contact.created_at)
+    acted = (
+        select(LeadAction.id)
+        .where(LeadAction.contact_id == Contact.id, LeadAction.created_at >= since)
+        .exists()
+    )
+    owner_user = aliased(User)
+    rows = db.session.execute(
+        select(Contact, since.label("mql_at"), owner_user.name)
+        .outerjoin(mql, mql.c.contact_id == Contact.id)
+        .outerjoin(owner_user, owner_user.id == Contact.owner_id)
+        .where(Contact.stage == "mql", ~acted)
+        .order_by(since, Contact.id)
+        .limit(QUEUE_LIMIT)
+    ).all()
+    return [
+        {"contact": c, "label": contact_label(c), "mql_at": as_utc(at), "owner": name}
+        for c, at, name in rows
+    ]
+
+
+@bp.get("/leads/health")
+@roles("marketer", "sales")
+def leads_health() -> str:
+    """Follow-up health: the share of MQLs acted on in time, per owner, and the untouched."""
+    from automation.follow_up import WINDOW_DAYS, follow_up_health
+
+    now = utcnow()
+    hours = current_app.config["FOLLOW_UP_HOURS"]
+    pairs = health_pairs(now - timedelta(days=WINDOW_DAYS))
+    overall = follow_up_health([(m, a) for _, _, m, a in pairs], now, hours)
+    by_owner: dict[int | None, list[tuple[datetime, datetime | None]]] = defaultdict(list)
+    for _, owner_id, mql_at, acted in pairs:
+        by_owner[owner_id].append((mql_at, acted))
+    names = dict(db.session.execute(select(User.id, User.name)).all())
+    per_owner = sorted(
+        (
+            (names.get(owner_id, "(nobody)") if owner_id else "(nobody)", health)
+            for owner_id, rows in by_owner.items()
+            if (health := follow_up_health(rows, now, hours)).mqls
+        ),
+        key=lambda item: item[0].casefold(),
+    )
+    untouched = untouched_mqls()
+    return render_template(
+        "admin/sales/health.html",
+        overall=overall,
+        per_owner=per_owner,
+        untouched=untouched,
+        hours=hours,
+        days=WINDOW_DAYS,
+        now=now,
+        when=when,
+        limit=QUEUE_LIMIT,
+    )
