@@ -1,0 +1,554 @@
+"""The closed-loop reports: campaign ROI, email performance, score calibration.
+
+This module does the I/O: a handful of grouped queries per report over the raw
+tables, then the pure maths of `automation.attribution` and
+`automation.report_tables`. Periods are whole days in UTC, both ends included;
+no end means no limit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, distinct, func, or_, select, true, union
+from sqlalchemy.sql import Select
+
+from automation.attribution import (
+    CampaignIndex,
+    CampaignKeys,
+    Conversion,
+    Touch,
+    attribute,
+    campaign_touches,
+)
+from automation.report_tables import (
+    CostPeriod,
+    band_label,
+    band_of,
+    campaign_cost,
+    ratio,
+    roi,
+)
+from tracker.automation_models import StageChange, Threshold
+from tracker.db import db
+from tracker.email_models import EmailTemplate, Enrolment, Message, Sequence
+from tracker.models import Contact, Event, Visitor, as_utc
+from tracker.sales_models import Campaign, CampaignCost, Opportunity
+
+METRICS = ("leads", "mqls", "converted", "opportunities", "revenue")
+"""What attribution credits, per campaign."""
+
+MQL_AFTER_CLICK = timedelta(days=7)
+"""A click is credited with an MQL that follows it within this long."""
+
+REACHED_OPPORTUNITY = ("opportunity", "customer")
+"""Stages that mean a contact became an opportunity at some point."""
+
+
+@dataclass(frozen=True)
+class Period:
+    """Whole days, both ends included; None is open."""
+
+    starts_on: date | None = None
+    ends_on: date | None = None
+
+    def __post_init__(self) -> None:
+        if self.starts_on and self.ends_on and self.ends_on < self.starts_on:
+            raise ValueError("the period ends before it starts: swap the dates")
+
+    def where(self, column: Any) -> ColumnElement[bool]:
+        """SQL: `column` (a timestamp) falls in the period."""
+        conditions = []
+        if self.starts_on:
+            conditions.append(column >= datetime.combine(self.starts_on, time(), UTC))
+        if self.ends_on and self.ends_on < date.max:
+            following = datetime.combine(self.ends_on + timedelta(days=1), time(), UTC)
+            conditions.append(column < following)
+        return and_(true(), *conditions)
+
+
+# --- campaign ROI ---------------------------------------------------------------------------
+
+
+@dataclass
+class RoiRow:
+    """One campaign's line (campaign_id None: what no campaign earned)."""
+
+    campaign_id: int | None
+    name: str
+    channel: str
+    visitors: int = 0
+    leads: Fraction = Fraction(0)
+    mqls: Fraction = Fraction(0)
+    converted: Fraction = Fraction(0)
+    opportunities: Fraction = Fraction(0)
+    revenue: Fraction = Fraction(0)
+    cost: Fraction = Fraction(0)
+
+    @property
+    def cost_per_lead(self) -> Fraction | None:
+        """Cost over leads; None (a dash) with no leads."""
+        return ratio(self.cost, self.leads)
+
+    @property
+    def cost_per_opportunity(self) -> Fraction | None:
+        """Cost over opportunities; None with none."""
+        return ratio(self.cost, self.opportunities)
+
+    @property
+    def roi(self) -> Fraction | None:
+        """(revenue - cost) / cost; None without a cost."""
+        return roi(self.revenue, self.cost)
+
+
+@dataclass
+class RoiReport:
+    """The campaign ROI table for one model and period."""
+
+    model: str
+    period: Period
+    rows: list[RoiRow] = field(default_factory=list)
+
+
+ROI_COLUMNS = (
+    "campaign",
+    "channel",
+    "visitors",
+    "leads",
+    "mqls",
+    "converted_leads",
+    "opportunities",
+    "revenue",
+    "cost",
+    "cost_per_lead",
+    "cost_per_opportunity",
+    "roi",
+)
+"""The ROI table's columns, as the CSV names them."""
+
+
+def roi_cells(row: RoiRow) -> list[Any]:
+    """One ROI row's values in `ROI_COLUMNS` order."""
+    return [
+        row.name,
+        row.channel,
+        row.visitors,
+        row.leads,
+        row.mqls,
+        row.converted,
+        row.opportunities,
+        row.revenue,
+        row.cost,
+        row.cost_per_lead,
+        row.cost_per_opportunity,
+        row.roi,
+    ]
+
+
+def _campaign_keys(campaigns: Iterable[Campaign]) -> list[CampaignKeys]:
+    return [
+        CampaignKeys.of(c.id, c.utm_campaigns or (), c.template_ids or (), c.sequence_ids or ())
+        for c in campaigns
+    ]
+
+
+def roi_report(model: str, period: Period) -> RoiReport:
+    """Per campaign: visitors, attributed leads, MQLs, conversions, deals, revenue; cost, ROI."""
+    campaigns = list(db.session.scalars(select(Campaign).order_by(Campaign.name, Campaign.id)))
+    keys = _campaign_keys(campaigns)
+    index = CampaignIndex.build(keys)
+    costs: dict[int, list[CostPeriod]] = defaultdict(list)
+    for row in db.session.execute(
+        select(
+            CampaignCost.campaign_id,
+            CampaignCost.starts_on,
+            CampaignCost.ends_on,
+            CampaignCost.amount,
+        )
+    ):
+        costs[row.campaign_id].append(CostPeriod(row.starts_on, row.ends_on, row.amount))
+
+    conversions = _conversions(period)
+    touches = _touches(index, period)
+    totals = attribute(conversions, touches, model)
+    visitors = _visitors_per_campaign(index, period)
+
+    rows = []
+    for campaign in campaigns:
+        row = RoiRow(campaign.id, campaign.name, campaign.channel)
+        row.visitors = visitors.get(campaign.id, 0)
+        row.cost = campaign_cost(
+            campaign.cost,
+            campaign.starts_on,
+            campaign.ends_on,
+            costs.get(campaign.id, ()),
+            period.starts_on,
+            period.ends_on,
+        )
+        rows.append(row)
+    nobody = RoiRow(None, "(no campaign)", "")
+    by_id: dict[int | None, RoiRow] = {row.campaign_id: row for row in rows}
+    by_id[None] = nobody
+    for (campaign_id, metric), value in totals.items():
+        target = by_id.get(campaign_id, nobody)
+        setattr(target, metric, getattr(target, metric) + value)
+    if any(getattr(nobody, metric) for metric in METRICS):
+        rows.append(nobody)
+    return RoiReport(model, period, rows)
+
+
+def _conversions(period: Period) -> list[Conversion]:
+    """Leads created, MQL and opportunity stage changes, deals opened, deals won, in the period."""
+    found: list[Conversion] = []
+    leads = select(Contact.id, Contact.created_at).where(period.where(Contact.created_at))
+    found += [Conversion(cid, as_utc(at), "leads") for cid, at in db.session.execute(leads)]
+    stage_metrics = {"mql": "mqls", "opportunity": "converted"}
+    changes = select(StageChange.contact_id, StageChange.created_at, StageChange.to_stage).where(
+        StageChange.to_stage.in_(stage_metrics), period.where(StageChange.created_at)
+    )
+    found += [
+        Conversion(cid, as_utc(at), stage_metrics[stage])
+        for cid, at, stage in db.session.execute(changes)
+    ]
+    deal_columns = (
+        Opportunity.contact_id,
+        Opportunity.created_at,
+        Opportunity.amount,
+        Opportunity.campaign_id,
+        Opportunity.campaign_source,
+    )
+    # A campaign someone chose by hand takes all the credit; an automatic one is recomputed.
+    opened = select(*deal_columns).where(period.where(Opportunity.created_at))
+    for cid, at, _, campaign_id, source in db.session.execute(opened):
+        chosen = _chosen(cid, campaign_id, source)
+        found.append(Conversion(cid, as_utc(at), "opportunities", campaign_id=chosen))
+    won = select(*deal_columns).where(
+        Opportunity.stage == "won", period.where(Opportunity.closed_at)
+    )
+    for cid, at, amount, campaign_id, source in db.session.execute(won):
+        chosen = _chosen(cid, campaign_id, source)
+        # Revenue is credited to what brought the deal in: touches up to its opening.
+        found.append(Conversion(cid, as_utc(at), "revenue", Fraction(amount), campaign_id=chosen))
+    return found
+
+
+def _chosen(contact_id: int | None, campaign_id: int | None, source: str) -> int | None:
+    """The campaign a deal is credited to whatever the model: chosen by hand, or the only
+    trace left once its contact (and so its touches) was erased."""
+    return campaign_id if source == "manual" or contact_id is None else None
+
+
+def _converting_contacts(period: Period) -> Select[Any]:
+    """SQL: the contacts with a conversion in the period (whose touches are needed)."""
+    return union(
+        select(Contact.id).where(period.where(Contact.created_at)),
+        select(StageChange.contact_id).where(
+            StageChange.to_stage.in_(("mql", "opportunity")), period.where(StageChange.created_at)
+        ),
+        select(Opportunity.contact_id).where(
+            Opportunity.contact_id.is_not(None),
+            or_(
+                period.where(Opportunity.created_at),
+                and_(Opportunity.stage == "won", period.where(Opportunity.closed_at)),
+            ),
+        ),
+    )
+
+
+def _touches(index: CampaignIndex, period: Period) -> dict[int, list[tuple[datetime, int]]]:
+    """Each converting contact's campaign touches: first visits, UTM-tagged events, human
+    email clicks; one query per kind, however many contacts."""
+    codes = sorted(index.by_code)
+    if not (codes or index.by_template or index.by_sequence):
+        return {}
+    contacts = _converting_contacts(period).scalar_subquery()
+    raw: dict[int, list[Touch]] = defaultdict(list)
+    if codes:
+        visits = select(Visitor.contact_id, Visitor.first_seen, Visitor.utm_campaign).where(
+            Visitor.contact_id.in_(contacts),
+            func.lower(Visitor.utm_campaign).in_(codes),
+            Visitor.is_bot.is_(False),
+        )
+        events = (
+            select(Event.contact_id, Event.occurred_at, Event.utm_campaign)
+            .where(
+                Event.contact_id.in_(contacts),
+                func.lower(Event.utm_campaign).in_(codes),
+                Event.is_bot.is_(False),
+            )
+            .distinct()
+        )
+        for query in (visits, events):
+            for cid, at, code in db.session.execute(query):
+                raw[cid].append(Touch(as_utc(at), utm_campaign=code))
+    if index.by_template or index.by_sequence:
+        clicks = (
+            select(
+                Message.contact_id, Message.clicked_at, Message.template_id, Enrolment.sequence_id
+            )
+            .outerjoin(Enrolment, Enrolment.id == Message.enrolment_id)
+            .where(
+                Message.contact_id.in_(contacts),
+                Message.clicked_at.is_not(None),
+                or_(
+                    Message.template_id.in_(sorted(index.by_template)),
+                    Enrolment.sequence_id.in_(sorted(index.by_sequence)),
+                ),
+            )
+        )
+        for cid, at, template_id, sequence_id in db.session.execute(clicks):
+            raw[cid].append(Touch(as_utc(at), template_id=template_id, sequence_id=sequence_id))
+    return {cid: campaign_touches(touches, index) for cid, touches in raw.items()}
+
+
+def _visitors_per_campaign(index: CampaignIndex, period: Period) -> dict[int, int]:
+    """Distinct human visitors whose first touch or events carry a campaign's code in period."""
+    if not index.by_code:
+        return {}
+    codes = sorted(index.by_code)
+    first = select(Visitor.id.label("visitor_id"), func.lower(Visitor.utm_campaign).label("code"))
+    first = first.where(
+        func.lower(Visitor.utm_campaign).in_(codes),
+        Visitor.is_bot.is_(False),
+        period.where(Visitor.first_seen),
+    )
+    later = select(Event.visitor_id, func.lower(Event.utm_campaign)).where(
+        Event.visitor_id.is_not(None),
+        func.lower(Event.utm_campaign).in_(codes),
+        Event.is_bot.is_(False),
+        period.where(Event.occurred_at),
+    )
+    both = union(first, later).subquery()
+    # Codes map to campaigns in SQL so that a visitor is counted once per campaign.
+    campaign = case(
+        *((both.c.code == code, campaign_id) for code, campaign_id in index.by_code.items())
+    ).label("campaign_id")
+    query = select(campaign, func.count(distinct(both.c.visitor_id))).group_by(campaign)
+    return {campaign_id: count for campaign_id, count in db.session.execute(query)}
+
+
+# --- email performance ----------------------------------------------------------------------
+
+EMAIL_COLUMNS = (
+    "sent",
+    "delivered",
+    "human_opened",
+    "human_opens",
+    "machine_opens",
+    "human_clicked",
+    "human_clicks",
+    "machine_clicks",
+    "unsubscribes",
+    "bounces",
+    "mqls",
+)
+"""The email table's counters, as the CSV names them."""
+
+
+@dataclass
+class EmailRow:
+    """One group of messages: a template variant, or a sequence step's template variant."""
+
+    template: str
+    variant: str
+    sequence: str = ""
+    step: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class EmailReport:
+    """Email performance per template and variant, and per sequence step."""
+
+    period: Period
+    by_template: list[EmailRow]
+    by_step: list[EmailRow]
+
+
+def email_report(period: Period) -> EmailReport:
+    """Sent (tried), delivered, human/machine opens and clicks, unsubscribes, bounces, MQLs."""
+    tried = func.coalesce(Message.sent_at, Message.bounced_at)
+    counters = (
+        func.count(Message.id),
+        func.count(Message.bounced_at),
+        func.count(Message.opened_at),
+        func.coalesce(func.sum(Message.opens), 0),
+        func.coalesce(func.sum(Message.machine_opens), 0),
+        func.count(Message.clicked_at),
+        func.coalesce(func.sum(Message.clicks), 0),
+        func.coalesce(func.sum(Message.machine_clicks), 0),
+        func.count(Message.unsubscribed_at),
+    )
+    template_key = (Message.template_id, EmailTemplate.name, Message.variant)
+    step_key = (Enrolment.sequence_id, Sequence.name, Message.step, *template_key)
+    base = (
+        select()
+        .select_from(Message)
+        .join(EmailTemplate, EmailTemplate.id == Message.template_id)
+        .where(tried.is_not(None), period.where(tried))
+    )
+    by_template = base.add_columns(*template_key, *counters).group_by(*template_key)
+    by_step = (
+        base.add_columns(*step_key, *counters)
+        .join(Enrolment, Enrolment.id == Message.enrolment_id)
+        .join(Sequence, Sequence.id == Enrolment.sequence_id)
+        .group_by(*step_key)
+    )
+    mqls = _mqls_after_clicks(period)
+
+    def row_of(values: Any, width: int, template_only: bool) -> EmailRow:
+        key, numbers = values[:width], [int(n) for n in values[width:]]
+        sent, bounced, opened, opens, m_opens, clicked, clicks, m_clicks, unsub = numbers
+        counts = dict(
+            zip(
+                EMAIL_COLUMNS,
+                (
+                    sent,
+                    sent - bounced,
+                    opened,
+                    opens,
+                    m_opens,
+                    clicked,
+                    clicks,
+                    m_clicks,
+                    unsub,
+                    bounced,
+                ),
+                strict=False,
+            )
+        )
+        if template_only:
+            template_id, template, variant = key
+            counts["mqls"] = len(mqls["template"].get((template_id, variant), ()))
+            return EmailRow(template, variant, counts=counts)
+        sequence_id, sequence, step, template_id, template, variant = key
+        counts["mqls"] = len(mqls["step"].get((sequence_id, step, template_id, variant), ()))
+        return EmailRow(template, variant, sequence, step, counts)
+
+    templates = [row_of(r, 3, True) for r in db.session.execute(by_template)]
+    steps = [row_of(r, 6, False) for r in db.session.execute(by_step)]
+    templates.sort(key=lambda r: (r.template, r.variant))
+    steps.sort(key=lambda r: (r.sequence, r.step or 0, r.template, r.variant))
+    return EmailReport(period, templates, steps)
+
+
+def _mqls_after_clicks(period: Period) -> dict[str, dict[tuple[Any, ...], set[int]]]:
+    """Contacts who became MQL within `MQL_AFTER_CLICK` of a human click, per message group."""
+    tried = func.coalesce(Message.sent_at, Message.bounced_at)
+    query = (
+        select(
+            Message.template_id,
+            Message.variant,
+            Enrolment.sequence_id,
+            Message.step,
+            Message.contact_id,
+            Message.clicked_at,
+            StageChange.created_at,
+        )
+        .join(
+            StageChange,
+            and_(
+                StageChange.contact_id == Message.contact_id,
+                StageChange.to_stage == "mql",
+                StageChange.created_at >= Message.clicked_at,
+            ),
+        )
+        .outerjoin(Enrolment, Enrolment.id == Message.enrolment_id)
+        .where(Message.clicked_at.is_not(None), tried.is_not(None), period.where(tried))
+    )
+    found: dict[str, dict[tuple[Any, ...], set[int]]] = {"template": {}, "step": {}}
+    for template_id, variant, sequence_id, step, contact_id, clicked, became in db.session.execute(
+        query
+    ):
+        if as_utc(became) - as_utc(clicked) > MQL_AFTER_CLICK:
+            continue
+        found["template"].setdefault((template_id, variant), set()).add(contact_id)
+        if sequence_id is not None:
+            found["step"].setdefault((sequence_id, step, template_id, variant), set()).add(
+                contact_id
+            )
+    return found
+
+
+# --- score calibration ----------------------------------------------------------------------
+
+CALIBRATION_COLUMNS = ("band", "contacts", "mqls", "opportunities", "opportunity_rate")
+"""The calibration table's columns, as the CSV names them."""
+
+
+@dataclass
+class BandRow:
+    """Contacts whose current total score falls in one band, and how many went further."""
+
+    low: int
+    width: int
+    contacts: int = 0
+    mqls: int = 0
+    opportunities: int = 0
+    thresholds: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """ "10-19"."""
+        return band_label(self.low, self.width)
+
+    @property
+    def opportunity_rate(self) -> Fraction | None:
+        """Share of the band's contacts that became an opportunity."""
+        return ratio(self.opportunities, self.contacts)
+
+
+def calibration_report(period: Period, width: int = 10) -> list[BandRow]:
+    """Conversion to opportunity by band of the contact's current total score.
+
+    Contacts created in the period; a contact counts as converted when it ever
+    changed to stage opportunity, has an opportunity, or stands at opportunity or
+    customer now. Thresholds on the total score are shown in their band.
+    """
+    reached = or_(
+        Contact.stage.in_(REACHED_OPPORTUNITY),
+        select(StageChange.id)
+        .where(StageChange.contact_id == Contact.id, StageChange.to_stage == "opportunity")
+        .exists(),
+        select(Opportunity.id).where(Opportunity.contact_id == Contact.id).exists(),
+    )
+    was_mql = (
+        select(StageChange.id)
+        .where(StageChange.contact_id == Contact.id, StageChange.to_stage == "mql")
+        .exists()
+    )
+    converted = case((reached, 1), else_=0)
+    mql = case((or_(was_mql, reached), 1), else_=0)
+    query = (
+        select(Contact.score, func.count(), func.sum(mql), func.sum(converted))
+        .where(period.where(Contact.created_at))
+        .group_by(Contact.score)
+    )
+    bands: dict[int, BandRow] = {}
+    for score, contacts, mqls, opportunities in db.session.execute(query):
+        low = band_of(int(score or 0), width)
+        row = bands.setdefault(low, BandRow(low, width))
+        row.contacts += int(contacts)
+        row.mqls += int(mqls or 0)
+        row.opportunities += int(opportunities or 0)
+    thresholds = select(Threshold.name, Threshold.minimum).where(
+        Threshold.score == "total", Threshold.enabled.is_(True)
+    )
+    for name, minimum in db.session.execute(thresholds):
+        low = band_of(minimum, width)
+        bands.setdefault(low, BandRow(low, width)).thresholds.append(f"{name} ({minimum})")
+    if bands:
+        # Every band between the lowest and highest, so gaps show as empty rows.
+        for low in range(min(bands), max(bands) + width, width):
+            bands.setdefault(low, BandRow(low, width))
+    return [bands[low] for low in sorted(bands)]
+
+
+def calibration_cells(row: BandRow) -> list[Any]:
+    """One band's values in `CALIBRATION_COLUMNS` order."""
+    return [row.label, row.contacts, row.mqls, row.opportunities, row.opportunity_rate]

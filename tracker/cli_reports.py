@@ -1,0 +1,63 @@
+"""Operator commands for the closed-loop reports."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import click
+from flask.cli import AppGroup
+
+reports_cli = AppGroup("reports", help="Closed-loop reports: campaign ROI.")
+
+
+def _day(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError as e:
+        raise click.BadParameter(
+            f"{value!r} is not a date: write it as YYYY-MM-DD", param_hint=name
+        ) from e
+
+
+@reports_cli.command("roi")
+@click.option(
+    "--model",
+    type=click.Choice(["first", "last", "linear"]),
+    default="linear",
+    show_default=True,
+    help="Attribution model: first touch, last touch, or linear multi-touch.",
+)
+@click.option(
+    "--from", "from_", metavar="DATE", help="First day (YYYY-MM-DD, UTC); default: no limit."
+)
+@click.option("--to", metavar="DATE", help="Last day, included; default: no limit.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (raw numbers) instead of a table.")
+def reports_roi(model: str, from_: str | None, to: str | None, as_csv: bool) -> None:
+    """Per campaign: visitors, leads, MQLs, opportunities, revenue, cost and ROI."""
+    from automation.report_tables import csv_text, human, percent
+    from automation.reports import ROI_COLUMNS, Period, roi_cells, roi_report
+    from tracker.cli import printable
+
+    try:
+        period = Period(_day(from_, "--from"), _day(to, "--to"))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--to") from e
+    report = roi_report(model, period)
+    if as_csv:
+        click.echo(csv_text(ROI_COLUMNS, (roi_cells(r) for r in report.rows)), nl=False)
+        return
+    lines = [list(ROI_COLUMNS)]
+    for row in report.rows:
+        cells = roi_cells(row)
+        # Campaign names are typed by marketers: no terminal escapes.
+        lines.append([printable(human(c)) for c in cells[:-1]] + [percent(cells[-1])])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(ROI_COLUMNS))]
+    for line in lines:
+        click.echo(
+            "  ".join(
+                cell.ljust(width) if i < 2 else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+            ).rstrip()
+        )
