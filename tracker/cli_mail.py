@@ -5,11 +5,9 @@ from __future__ import annotations
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from tracker.db import db
-from tracker.models import Contact
-from tracker.payload import normalise_email
 
 mail_cli = AppGroup("mail", help="Email templates: send one as a test.")
 outbox_cli = AppGroup("outbox", help="Mail kept in the database when no SMTP_URL is set.")
@@ -28,52 +26,14 @@ outbox_cli = AppGroup("outbox", help="Mail kept in the database when no SMTP_URL
 @click.option("--variant", default=None, help="Which variant (default: the first).")
 def mail_test(template: str, to_addr: str, contact_email: str | None, variant: str | None) -> None:
     """Render TEMPLATE and send it now, through SMTP or into the outbox."""
-    from automation.mailer import SendFailed
-    from automation.outgoing import UnknownTemplate, create_messages, current_version
-    from automation.sending import send_batch, send_preview, settings_from
-    from tracker.email_models import Message
-    from tracker.redis_conn import get_redis
+    from tracker.admin.config_templates import PreviewError, send_test
 
     try:
-        to = normalise_email(to_addr)
-    except Exception as e:
-        raise click.BadParameter(str(e), param_hint="--to") from e
-    lookup = normalise_email(contact_email) if contact_email else to
-    contact_id = db.session.scalar(select(Contact.id).where(Contact.email == lookup))
-    if contact_email and contact_id is None:
-        raise click.ClickException(f"no contact has the email {contact_email!r}")
-    config = current_app.config
-    try:
-        with db.engine.begin() as conn:
-            version = current_version(conn, template)
-            chosen = variant or version.variants[0]
-            if chosen not in version.variants:
-                raise click.ClickException(
-                    f"template {template!r} has no variant {chosen!r} "
-                    f"(it has {', '.join(version.variants)})"
-                )
-            if contact_id is None:
-                try:
-                    outcome = send_preview(
-                        conn, version.version_id, chosen, to, settings_from(config)
-                    )
-                except SendFailed as e:
-                    raise click.ClickException(f"not sent: {e.text}") from e
-                click.echo(f"sent {template!r} ({chosen}) to {to} with sample data: {outcome}")
-                return
-            (message_id,) = create_messages(
-                conn, version.template_id, [{"contact_id": contact_id}], kind="test", variant=chosen
-            )
-            conn.execute(update(Message).where(Message.id == message_id).values(to_addr=to))
-    except UnknownTemplate as e:
+        click.echo(send_test(template, to_addr, contact_email or "", variant or ""))
+    except PreviewError as e:
         raise click.ClickException(str(e)) from e
-    counts = send_batch(db.engine, get_redis(), [message_id], settings_from(config))
-    outcome = next((k for k, v in counts.items() if v), "not sent")
-    where = "the outbox (flask --app wsgi outbox list)" if not config["SMTP_URL"] else "SMTP"
-    click.echo(f"message {message_id}: {outcome} via {where}, with {lookup}'s data")
-    if outcome != "sent":
-        error = db.session.scalar(select(Message.error).where(Message.id == message_id))
-        raise click.ClickException(f"not sent: {error}")
+    if not current_app.config["SMTP_URL"]:
+        click.echo("see it with: flask --app wsgi outbox list")
 
 
 @outbox_cli.command("list")

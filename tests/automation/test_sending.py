@@ -248,7 +248,7 @@ def test_mail_test_sends_now_and_outbox_list_shows_it(app):
         args=["mail", "test", "news", "--to", "me@acme.test", "--contact", "c0@example.com"]
     )
     assert tracked.exit_code == 0, tracked.output
-    assert "sent via the outbox" in tracked.output
+    assert "sent to me@acme.test via the outbox" in tracked.output
     preview = runner.invoke(args=["mail", "test", "news", "--to", "nobody@acme.test"])
     assert preview.exit_code == 0 and "sample data" in preview.output
     listing = runner.invoke(args=["outbox", "list"]).output.splitlines()
