@@ -20,6 +20,7 @@ from sqlalchemy import select
 from tracker.auth import ROLES
 from tracker.cli_broadcasts import broadcasts_cli, templates_cli
 from tracker.cli_mail import mail_cli, outbox_cli
+from tracker.cli_reports import reports_cli
 from tracker.cli_sequences import leads_cli, sequences_cli
 from tracker.db import db
 from tracker.models import Contact, Event, Site
@@ -84,6 +85,41 @@ def contacts_show(email: str) -> None:
     click.echo(json.dumps(report, indent=2, ensure_ascii=False))
 
 
+def _contact_id(email: str) -> int:
+    found = db.session.scalar(select(Contact.id).where(Contact.email == normalise_email(email)))
+    if found is None:
+        raise click.ClickException(f"no contact has the email {email!r}")
+    return found
+
+
+@contacts_cli.command("export")
+@click.argument("email")
+def contacts_export(email: str) -> None:
+    """Print everything known about a contact as JSON (a data subject's access request)."""
+    from tracker.privacy import export_contact
+
+    click.echo(json.dumps(export_contact(_contact_id(email)), indent=2, ensure_ascii=False))
+
+
+@contacts_cli.command("erase")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def contacts_erase(email: str, yes: bool) -> None:
+    """Delete a contact and everything about it; its opportunities stay, anonymous."""
+    from tracker.privacy import erase_contact
+
+    contact_id = _contact_id(email)
+    if not yes:
+        click.confirm(
+            f"Erase {normalise_email(email)} with its events, messages, points and notes for good?",
+            abort=True,
+        )
+    counts = erase_contact(contact_id) or {}
+    click.echo(
+        "erased: " + ", ".join(f"{table} {count}" for table, count in counts.items() if count)
+    )
+
+
 @users_cli.command("create")
 @click.option("--email", required=True)
 @click.option("--role", type=click.Choice(ROLES), required=True)
@@ -131,16 +167,23 @@ def users_list() -> None:
 @automation_cli.command("load")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def automation_load(path: str) -> None:
-    """Create or update (by name) the rules, thresholds and webhooks in a YAML/JSON file."""
+    """Create or update (by name) everything in a YAML/JSON rules file, or nothing."""
     from automation.config_file import ConfigFileError, parse
     from automation.config_store import apply
+    from tracker.admin.configure import TOO_LARGE, UNFIT, ItemRefused, refuse_huge_numbers
 
     try:
-        spec = parse(Path(path).read_text(encoding="utf-8"), path)
+        text = Path(path).read_text(encoding="utf-8")
+        refuse_huge_numbers(text)
+        spec = parse(text, path)
         with db.engine.begin() as conn:
             counts = apply(conn, spec, path)
     except ConfigFileError as e:
         raise click.ClickException("nothing was changed:\n" + "\n".join(e.problems)) from e
+    except ItemRefused as e:
+        raise click.ClickException("nothing was changed:\n" + "\n".join(e.problems)) from e
+    except UNFIT as e:
+        raise click.ClickException(f"nothing was changed: {TOO_LARGE}") from e
     except UnicodeDecodeError as e:
         raise click.ClickException(f"{path} is not UTF-8 text") from e
     changed = counts.pop("changed segments")
@@ -434,6 +477,7 @@ OPERATOR_COMMANDS = (
     outbox_cli,
     sequences_cli,
     leads_cli,
+    reports_cli,
     worker_command,
     scheduler_command,
     dev_command,

@@ -92,7 +92,8 @@ class Opportunity(db.Model):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    # None once the contact was erased: the deal stays for revenue reports, anonymous.
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
     # auto: attributed from the contact's touches; manual: someone chose it.

@@ -102,6 +102,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ACTION_MAX_ATTEMPTS", 6, "Tries of a failing action (webhook, mail) before it fails."),
     Setting("MAX_BODY_BYTES", 32768, "Largest request body `POST /e` accepts."),
     Setting("MAX_BATCH_EVENTS", 50, "Most events one `POST /e` request may carry."),
+    Setting(
+        "FOLLOW_UP_HOURS",
+        24,
+        "Hours sales has to act on a new MQL for follow-up health to count it as on time.",
+    ),
 )
 
 DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}

@@ -163,3 +163,13 @@ def test_show_prints_what_load_takes_back(app, tmp_path):
         (r.name, r.points, r.conditions) for r in original.rules
     ]
     assert again.thresholds[0].actions == original.thresholds[0].actions
+
+
+def test_values_no_column_holds_are_refused_and_nothing_changes(app, tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n  - name: Huge\n    event: pageview\n    points: 99999999999999999999999\n"
+    )
+    result = app.test_cli_runner().invoke(args=["automation", "load", str(path)])
+    assert result.exit_code != 0 and "nothing was changed" in result.output
+    assert "too large" in result.output

@@ -41,9 +41,16 @@ class NavItem:
 
 NAV: list[NavItem] = [
     NavItem("admin.home", "Home"),
+    NavItem("admin.contacts", "Contacts"),
+    NavItem("admin.leads", "My leads", ("sales",)),
+    NavItem("admin.opportunities", "Opportunities", ("marketer", "sales")),
+    NavItem("admin.leads_health", "Follow-up health"),
+    NavItem("admin.campaigns", "Campaigns", ("marketer",)),
+    NavItem("admin.report_roi", "Reports", ("marketer",)),
+    NavItem("admin.configure", "Configure", ("marketer",)),
     NavItem("admin.outbox_list", "Outbox", ("marketer",)),
 ]
-"""The menu, in order; feature modules append their pages."""
+"""The menu, in order, with the roles that see each item."""
 
 
 def safe_next(target: str | None) -> str | None:
@@ -100,4 +107,19 @@ def _template_globals() -> dict[str, Any]:
     return {"current_user": user, "csrf_token": csrf_token, "nav": menu}
 
 
-from tracker.admin import outbox, views_auth  # noqa: E402, F401 - registers the routes
+# The pages: each module registers its routes on `bp` and its menu items in NAV.
+from tracker.admin import (  # noqa: E402, F401
+    campaigns,
+    config_segments,
+    config_sequences,
+    config_sites,
+    config_templates,
+    config_users,
+    configure,
+    contacts,
+    opportunities,
+    outbox,
+    reports,
+    sales,
+    views_auth,
+)
