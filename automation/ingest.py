@@ -25,6 +25,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from automation.dispatch import enqueue_action_runs
 from automation.points import load_rulebook, run_thresholds, score_batch
+from automation.rollups import add_events
 from automation.rows import MalformedEntry, event_row
 from automation.segments import load_segments, refresh
 from automation.sequence_runner import enrol_joined, wake_branches
@@ -269,6 +270,8 @@ def _store_and_score(conn: Connection, rows: list[dict[str, Any]]) -> tuple[int,
     )
     # A human open or click decides a branch waiting on that message now, not at its deadline.
     wake_branches(conn, stored.human_email_messages, utcnow())
+    # The dashboard's day counters move with the events that were new here, never twice.
+    add_events(conn, stored.new_event_ids)
     rulebook = load_rulebook(conn)
     segments = load_segments(conn)
     if rulebook.empty and not segments:

@@ -61,3 +61,41 @@ def reports_roi(model: str, from_: str | None, to: str | None, as_csv: bool) -> 
                 for i, (cell, width) in enumerate(zip(line, widths, strict=True))
             ).rstrip()
         )
+
+
+@reports_cli.command("rollup")
+@click.option(
+    "--from",
+    "from_",
+    metavar="DATE",
+    help="First day (YYYY-MM-DD, UTC); default: the first event's.",
+)
+@click.option("--to", metavar="DATE", help="Last day, included; default: today.")
+def reports_rollup(from_: str | None, to: str | None) -> None:
+    """Rebuild the dashboard's daily rollups for a range of days from the raw tables.
+
+    Days whose raw events the retention setting deleted lose their event counts.
+    """
+    from automation.rollups import event_days, rebuild
+    from tracker.db import db
+    from tracker.models import utcnow
+
+    first, last = _day(from_, "--from"), _day(to, "--to")
+    try:
+        with db.engine.begin() as conn:
+            span = event_days(conn)
+            first = first or (span[0] if span else utcnow().date())
+            last = last or utcnow().date()
+            if last < first:
+                raise click.BadParameter("the range ends before it starts", param_hint="--to")
+            with click.progressbar(length=1, label=f"Rolling up {first}..{last}") as bar:
+
+                def progress(done: int, total: int) -> None:
+                    bar.length = max(total, 1)
+                    bar.update(done - bar.pos)
+
+                rebuild(conn, first, last, progress)
+                bar.update(bar.length - bar.pos)
+    finally:
+        db.session.remove()
+    click.echo(f"Rolled up {(last - first).days + 1} day(s): {first}..{last}.")

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Date,
     DateTime,
     ForeignKey,
@@ -105,3 +106,32 @@ class Opportunity(db.Model):
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RollupDay(db.Model):
+    """One day's count of one dashboard metric (per key: a UTM campaign, a stage), in UTC.
+
+    Kept current by `automation.rollups`: event counts as ingestion stores events,
+    counts of contacts, stage changes and sent mail settled from their tables.
+    """
+
+    __tablename__ = "rollup_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True, default="")
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RollupVisitor(db.Model):
+    """A visitor seen (by a human event) on a day, with a campaign's code or '' for any.
+
+    What makes distinct visitors exact over any period without reading events.
+    No foreign key: the row stays, anonymous, when the visitor is erased.
+    """
+
+    __tablename__ = "rollup_visitors"
+
+    campaign: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    visitor_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

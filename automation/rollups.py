@@ -1,0 +1,386 @@
+"""Daily rollups for the dashboard: per UTC day, counts the pages read instead of raw rows.
+
+Two kinds of metric, kept two ways:
+
+- Event metrics (pageviews, human email opens and clicks, distinct visitors, per
+  UTM campaign distinct visitors) are added by ingestion from the events that were
+  NEW in a batch (`add_events`), so a re-delivered batch adds nothing. Distinct
+  visitors stay exact: a (campaign, day, visitor) row is inserted once, and only a
+  row that was really inserted counts.
+- Row metrics (leads created, stage changes per target stage, leads per first-touch
+  UTM campaign, mail sent) come from tables many paths write (ingestion, imports,
+  sales actions, thresholds); `settle` recounts them for whole days. The scheduler
+  settles yesterday and today every minute.
+
+`rebuild` recomputes both kinds for a date range from the raw tables. Days whose raw
+events the retention setting deleted lose their event metrics if rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Connection,
+    Date,
+    String,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    distinct,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from automation.bulk import insert_rows
+from tracker.automation_models import StageChange
+from tracker.email_models import Message
+from tracker.models import Contact, Event, Visitor, as_utc
+from tracker.sales_models import RollupDay, RollupVisitor
+
+PAGEVIEWS = "pageviews"
+VISITORS = "visitors"
+CAMPAIGN_VISITORS = "campaign_visitors"
+EMAIL_OPENS = "email_opens"
+EMAIL_CLICKS = "email_clicks"
+LEADS = "leads"
+CAMPAIGN_LEADS = "campaign_leads"
+STAGE = "stage"
+EMAILS_SENT = "emails_sent"
+
+EVENT_COUNTS = {"pageview": PAGEVIEWS, "email_open": EMAIL_OPENS, "email_click": EMAIL_CLICKS}
+"""Event type → the metric counting its human events."""
+
+EVENT_METRICS = (*EVENT_COUNTS.values(), VISITORS, CAMPAIGN_VISITORS)
+ROW_METRICS = (LEADS, CAMPAIGN_LEADS, STAGE, EMAILS_SENT)
+
+REBUILD_CHUNK = 50_000
+"""Event ids per statement in a rebuild: small enough for a progress bar to move."""
+
+Key = tuple[date, str, str]
+
+
+@dataclass(frozen=True)
+class EventFacts:
+    """What a rollup needs of one event."""
+
+    occurred_at: datetime
+    type: str
+    is_bot: bool
+    visitor_id: int | None
+    utm_campaign: str | None
+
+
+def campaign_code(value: str | None) -> str:
+    """A UTM campaign as rollups key it: trimmed, lower case ('' for none)."""
+    return (value or "").strip().lower()[:200]
+
+
+def tally(events: Iterable[EventFacts]) -> tuple[Counter[Key], set[tuple[str, date, int]]]:
+    """Counts of human events per (day, metric, key), and the (campaign, day, visitor) seen.
+
+    Pure. Bots count nowhere; campaign '' means "any".
+    """
+    counts: Counter[Key] = Counter()
+    seen: set[tuple[str, date, int]] = set()
+    for event in events:
+        if event.is_bot:
+            continue
+        day = as_utc(event.occurred_at).astimezone(UTC).date()
+        metric = EVENT_COUNTS.get(event.type)
+        if metric:
+            counts[(day, metric, "")] += 1
+        if event.visitor_id is not None:
+            seen.add(("", day, event.visitor_id))
+            code = campaign_code(event.utm_campaign)
+            if code:
+                seen.add((code, day, event.visitor_id))
+    return counts, seen
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def _add_counts(conn: Connection, counts: Mapping[Key, int]) -> None:
+    """Add to the day counters in one statement, in key order (concurrent batches lock alike)."""
+    rows = [
+        {"day": day, "metric": metric, "key": key, "value": value}
+        for (day, metric, key), value in sorted(counts.items())
+        if value
+    ]
+    if not rows:
+        return
+    table = RollupDay.__table__
+    stmt = _insert(conn, table).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["day", "metric", "key"],
+        set_={"value": table.c.value + stmt.excluded.value},
+    )
+    conn.execute(stmt)
+
+
+def _facts(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
+    events = Event.__table__
+    columns = (
+        events.c.occurred_at,
+        events.c.type,
+        events.c.is_bot,
+        events.c.visitor_id,
+        events.c.utm_campaign,
+    )
+    if conn.dialect.name == "postgresql":
+        ids = bindparam("rollup_ids", event_ids, type_=ARRAY(BigInteger))
+        queries = [select(*columns).where(events.c.id == any_(ids))]
+    else:
+        queries = [
+            select(*columns).where(events.c.id.in_(event_ids[start : start + 1000]))
+            for start in range(0, len(event_ids), 1000)
+        ]
+    return [EventFacts(*row) for query in queries for row in conn.execute(query)]
+
+
+def add_events(conn: Connection, event_ids: list[int]) -> None:
+    """Add newly stored events to the rollups, in the caller's transaction.
+
+    Give it only ids that were new in this transaction (`StoredBatch.new_event_ids`):
+    that is what makes a re-delivered batch count nothing.
+    """
+    if not event_ids:
+        return
+    counts, seen = tally(_facts(conn, event_ids))
+    fresh = insert_rows(
+        conn,
+        RollupVisitor.__table__,
+        [{"campaign": c, "day": d, "visitor_id": v} for c, d, v in sorted(seen)],
+        conflict=("campaign", "day", "visitor_id"),
+        returning=("campaign", "day"),
+    )
+    for campaign, day in fresh:
+        # SQLite's driver hands the day back as text.
+        day = day if isinstance(day, date) else date.fromisoformat(str(day))
+        counts[(day, CAMPAIGN_VISITORS if campaign else VISITORS, campaign)] += 1
+    _add_counts(conn, counts)
+
+
+# --- settling and rebuilding from the tables -------------------------------------------------
+
+
+def bounds(first: date, last: date) -> tuple[datetime, datetime]:
+    """The instants from the start of `first` to the end of `last` (exclusive), in UTC."""
+    return datetime.combine(first, time(), UTC), datetime.combine(last + timedelta(1), time(), UTC)
+
+
+def day_of(conn: Connection, column: Any) -> Any:
+    """SQL: the UTC day of a timestamp column."""
+    if conn.dialect.name == "postgresql":
+        return cast(func.timezone("UTC", column), Date)
+    return func.date(column)  # SQLite keeps UTC text; date() of it is the ISO day
+
+
+def _during(column: Any, first: date, last: date) -> Any:
+    start, end = bounds(first, last)
+    return and_(column >= start, column < end)
+
+
+def _upsert_select(conn: Connection, query: Any, add: bool = False) -> None:
+    """INSERT (day, metric, key, value) FROM a grouped query; a counter already there is
+    replaced, or with `add` added to (a rebuild meets a day again in the next chunk)."""
+    table = RollupDay.__table__
+    stmt = _insert(conn, table).from_select(["day", "metric", "key", "value"], query)
+    value = table.c.value + stmt.excluded.value if add else stmt.excluded.value
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["day", "metric", "key"], set_={"value": value}
+    )
+    conn.execute(stmt)
+
+
+def settle(conn: Connection, first: date, last: date) -> None:
+    """Recount the row metrics (leads, stage changes, sent mail) of the days first..last."""
+    rollups = RollupDay.__table__
+    conn.execute(
+        delete(rollups).where(
+            rollups.c.day >= first, rollups.c.day <= last, rollups.c.metric.in_(ROW_METRICS)
+        )
+    )
+    contacts, changes, messages = Contact.__table__, StageChange.__table__, Message.__table__
+    day = day_of(conn, contacts.c.created_at)
+    _upsert_select(
+        conn,
+        select(day, literal(LEADS), literal(""), func.count())
+        .where(_during(contacts.c.created_at, first, last))
+        .group_by(day),
+    )
+    visitors = Visitor.__table__
+    code = func.lower(func.trim(visitors.c.utm_campaign))
+    _upsert_select(
+        conn,
+        select(
+            day,
+            literal(CAMPAIGN_LEADS),
+            cast(code, String(200)),
+            func.count(distinct(contacts.c.id)),
+        )
+        .join(visitors, visitors.c.contact_id == contacts.c.id)
+        .where(
+            _during(contacts.c.created_at, first, last),
+            visitors.c.utm_campaign.is_not(None),
+            func.trim(visitors.c.utm_campaign) != "",
+        )
+        .group_by(day, code),
+    )
+    changed = day_of(conn, changes.c.created_at)
+    _upsert_select(
+        conn,
+        select(
+            changed, literal(STAGE), changes.c.to_stage, func.count(distinct(changes.c.contact_id))
+        )
+        .where(_during(changes.c.created_at, first, last))
+        .group_by(changed, changes.c.to_stage),
+    )
+    sent = day_of(conn, messages.c.sent_at)
+    _upsert_select(
+        conn,
+        select(sent, literal(EMAILS_SENT), literal(""), func.count())
+        .where(_during(messages.c.sent_at, first, last))
+        .group_by(sent),
+    )
+
+
+def rebuild(
+    conn: Connection,
+    first: date,
+    last: date,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Recompute every metric of the days first..last from the raw tables.
+
+    `progress(done, total)` is told how far through the range's events it is.
+    """
+    rollups, seen, events = RollupDay.__table__, RollupVisitor.__table__, Event.__table__
+    conn.execute(
+        delete(rollups).where(
+            rollups.c.day >= first, rollups.c.day <= last, rollups.c.metric.in_(EVENT_METRICS)
+        )
+    )
+    conn.execute(delete(seen).where(seen.c.day >= first, seen.c.day <= last))
+    during = _during(events.c.occurred_at, first, last)
+    low, high = conn.execute(
+        select(func.min(events.c.id), func.max(events.c.id)).where(during)
+    ).one()
+    day = day_of(conn, events.c.occurred_at)
+    code = func.lower(func.trim(events.c.utm_campaign))
+    metric = case(*((events.c.type == t, m) for t, m in EVENT_COUNTS.items()))
+    total = 0 if low is None else high - low + 1
+    for start in range(low or 0, (high or -1) + 1, REBUILD_CHUNK):
+        chunk = and_(
+            events.c.id >= start,
+            events.c.id < start + REBUILD_CHUNK,
+            during,
+            events.c.is_bot.is_(False),
+        )
+        visits = events.c.visitor_id.is_not(None)
+        for campaign, extra in (
+            (literal(""), visits),
+            (
+                cast(code, String(200)),
+                and_(
+                    visits,
+                    events.c.utm_campaign.is_not(None),
+                    func.trim(events.c.utm_campaign) != "",
+                ),
+            ),
+        ):
+            query = select(campaign, day, events.c.visitor_id).where(chunk, extra).distinct()
+            stmt = _insert(conn, seen).from_select(["campaign", "day", "visitor_id"], query)
+            conn.execute(stmt.on_conflict_do_nothing())
+        _upsert_select(
+            conn,
+            select(day, metric, literal(""), func.count())
+            .where(chunk, events.c.type.in_(EVENT_COUNTS))
+            .group_by(day, metric),
+            add=True,
+        )
+        if progress:
+            progress(min(start + REBUILD_CHUNK, high + 1) - low, total)
+    kind = case((seen.c.campaign == "", VISITORS), else_=CAMPAIGN_VISITORS)
+    _upsert_select(
+        conn,
+        select(seen.c.day, kind, seen.c.campaign, func.count())
+        .where(seen.c.day >= first, seen.c.day <= last)
+        .group_by(seen.c.day, seen.c.campaign),
+    )
+    settle(conn, first, last)
+
+
+def event_days(conn: Connection) -> tuple[date, date] | None:
+    """The first and last UTC day holding events, or None without events."""
+    events = Event.__table__
+    low, high = conn.execute(
+        select(func.min(events.c.occurred_at), func.max(events.c.occurred_at))
+    ).one()
+    if low is None:
+        return None
+    return as_utc(_instant(low)).date(), as_utc(_instant(high)).date()
+
+
+def _instant(value: Any) -> datetime:
+    # An aggregate over a DateTime column comes back as text from SQLite.
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def daily(conn: Connection, first: date, last: date) -> dict[Key, int]:
+    """Every counter of the days first..last, keyed (day, metric, key)."""
+    rollups = RollupDay.__table__
+    query = select(rollups.c.day, rollups.c.metric, rollups.c.key, rollups.c.value).where(
+        rollups.c.day >= first, rollups.c.day <= last
+    )
+    found: dict[Key, int] = {}
+    for day, metric, key, value in conn.execute(query):
+        found[(day if isinstance(day, date) else date.fromisoformat(day), metric, key)] = int(value)
+    return found
+
+
+def distinct_visitors(
+    conn: Connection, first: date, last: date, campaigns: str | Iterable[str] = ""
+) -> int:
+    """Distinct human visitors seen in first..last: any ('') or with one of the codes given."""
+    seen = RollupVisitor.__table__
+    codes = [campaigns] if isinstance(campaigns, str) else sorted(campaigns)
+    return int(
+        conn.execute(
+            select(func.count(distinct(seen.c.visitor_id))).where(
+                seen.c.campaign.in_(codes), seen.c.day >= first, seen.c.day <= last
+            )
+        ).scalar_one()
+    )
+
+
+def campaign_visitors(
+    conn: Connection, first: date, last: date, codes: Iterable[str]
+) -> dict[str, int]:
+    """Distinct human visitors per campaign code (lower case) in first..last."""
+    seen = RollupVisitor.__table__
+    wanted = sorted({campaign_code(code) for code in codes} - {""})
+    if not wanted:
+        return {}
+    query = (
+        select(seen.c.campaign, func.count(distinct(seen.c.visitor_id)))
+        .where(seen.c.campaign.in_(wanted), seen.c.day >= first, seen.c.day <= last)
+        .group_by(seen.c.campaign)
+    )
+    return {code: int(count) for code, count in conn.execute(query)}
