@@ -179,3 +179,41 @@ def run_enrolments(enrolment_ids: list[int]) -> dict[str, int]:
         "steps": result.steps,
         "messages": len(result.message_ids),
     }
+
+
+def import_contacts(token: str) -> dict[str, int]:
+    """Import an uploaded contacts CSV with its chosen mapping (see automation.import_uploads)."""
+    from automation.import_uploads import run_upload
+
+    return run_upload(get_redis(), token)
+
+
+def apply_retention() -> dict[str, int]:
+    """Delete raw events older than RETENTION_MONTHS (nothing when it is 0)."""
+    from automation.retention import purge_expired_events
+    from tracker.db import db
+    from tracker.models import utcnow
+
+    try:
+        result = purge_expired_events(db.engine, current_app.config["RETENTION_MONTHS"], utcnow())
+    finally:
+        db.session.remove()
+    return {"events": result.deleted, "points_detached": result.points_detached}
+
+
+def settle_rollups() -> dict[str, str]:
+    """Recount the dashboard's row metrics (leads, stage changes, mail sent) of yesterday and
+    today: the scheduler runs it every minute, so sales actions show within one."""
+    from datetime import timedelta
+
+    from automation.rollups import settle
+    from tracker.db import db
+    from tracker.models import utcnow
+
+    today = utcnow().date()
+    try:
+        with db.engine.begin() as conn:
+            settle(conn, today - timedelta(days=1), today)
+    finally:
+        db.session.remove()
+    return {"settled": f"{today - timedelta(days=1)}..{today}"}

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from tracker.auth import ROLES
 from tracker.cli_broadcasts import broadcasts_cli, templates_cli
+from tracker.cli_data import contacts_import, events_cli
 from tracker.cli_mail import mail_cli, outbox_cli
 from tracker.cli_reports import reports_cli
 from tracker.cli_sequences import leads_cli, sequences_cli
@@ -29,6 +30,7 @@ from tracker.sites import create_site
 
 sites_cli = AppGroup("sites", help="Create and list tracked websites.")
 contacts_cli = AppGroup("contacts", help="Look up contacts.")
+contacts_cli.add_command(contacts_import)
 users_cli = AppGroup("users", help="The people leads are handed to (sales) and marketers.")
 automation_cli = AppGroup("automation", help="Segments, scoring rules, thresholds, webhooks.")
 segments_cli = AppGroup("segments", help="Segment membership: list, rebuild, preview.")
@@ -478,6 +480,7 @@ OPERATOR_COMMANDS = (
     sequences_cli,
     leads_cli,
     reports_cli,
+    events_cli,
     worker_command,
     scheduler_command,
     dev_command,

@@ -107,6 +107,11 @@ SETTINGS: tuple[Setting, ...] = (
         24,
         "Hours sales has to act on a new MQL for follow-up health to count it as on time.",
     ),
+    Setting(
+        "RETENTION_MONTHS",
+        0,
+        "Raw events older than this many months are deleted daily; 0 keeps them forever.",
+    ),
 )
 
 DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}

@@ -41,11 +41,13 @@ class NavItem:
 
 NAV: list[NavItem] = [
     NavItem("admin.home", "Home"),
+    NavItem("admin.dashboard", "Dashboard"),
     NavItem("admin.contacts", "Contacts"),
     NavItem("admin.leads", "My leads", ("sales",)),
     NavItem("admin.opportunities", "Opportunities", ("marketer", "sales")),
     NavItem("admin.leads_health", "Follow-up health"),
     NavItem("admin.campaigns", "Campaigns", ("marketer",)),
+    NavItem("admin.imports", "Import", ("marketer",)),
     NavItem("admin.report_roi", "Reports", ("marketer",)),
     NavItem("admin.configure", "Configure", ("marketer",)),
     NavItem("admin.outbox_list", "Outbox", ("marketer",)),
@@ -117,6 +119,8 @@ from tracker.admin import (  # noqa: E402, F401
     config_users,
     configure,
     contacts,
+    dashboard,
+    imports,
     opportunities,
     outbox,
     reports,
