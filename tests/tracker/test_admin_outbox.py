@@ -26,7 +26,7 @@ def test_marketers_read_kept_mail_escaped(app, client):
     row_id = _keep(app, "<script>alert(1)</script> offer")
     admin_login(app, client, role="marketer")
     listing = client.get("/admin/outbox")
-    assert listing.status_code == 200
+    assert listing.status_code == 200 and b'href="/admin/outbox"' in listing.data
     assert b"&lt;script&gt;alert(1)&lt;/script&gt; offer" in listing.data
     assert b"<script>alert" not in listing.data
     page = client.get(f"/admin/outbox/{row_id}")
@@ -44,3 +44,4 @@ def test_there_is_no_outbox_when_mail_goes_over_smtp(app, database_url, redis_ur
     client = app.test_client()
     admin_login(app, client, role="marketer")
     assert client.get("/admin/outbox").status_code == 404
+    assert b'href="/admin/outbox"' not in client.get("/admin/").data  # nor in the menu

@@ -8,11 +8,12 @@ package and add themselves to `NAV`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from tracker.auth import check_csrf, csrf_token, current_user
@@ -37,6 +38,7 @@ class NavItem:
     endpoint: str
     label: str
     roles: tuple[str, ...] = ("admin", "marketer", "sales")
+    shown: Callable[[], bool] | None = None  # None: always
 
 
 NAV: list[NavItem] = [
@@ -50,7 +52,10 @@ NAV: list[NavItem] = [
     NavItem("admin.imports", "Import", ("marketer",)),
     NavItem("admin.report_roi", "Reports", ("marketer",)),
     NavItem("admin.configure", "Configure", ("marketer",)),
-    NavItem("admin.outbox_list", "Outbox", ("marketer",)),
+    # Mail is kept in the outbox only while no SMTP server is set.
+    NavItem(
+        "admin.outbox_list", "Outbox", ("marketer",), lambda: not current_app.config["SMTP_URL"]
+    ),
 ]
 """The menu, in order, with the roles that see each item."""
 
@@ -104,7 +109,9 @@ def _template_globals() -> dict[str, Any]:
     menu = [
         item
         for item in NAV
-        if user is not None and (user.role == "admin" or user.role in item.roles)
+        if user is not None
+        and (user.role == "admin" or user.role in item.roles)
+        and (item.shown is None or item.shown())
     ]
     return {"current_user": user, "csrf_token": csrf_token, "nav": menu}
 
