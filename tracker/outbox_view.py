@@ -52,11 +52,9 @@ def parts(raw: str) -> dict[str, Any]:
     }
 
 
-@bp.get("/outbox")
-def outbox_list() -> str:
-    """The kept messages, newest first."""
-    _local_only()
-    rows = db.session.execute(
+def newest() -> list[Any]:
+    """The newest kept messages (id, time, recipient, subject), newest first."""
+    return db.session.execute(
         select(
             OutboxMessage.id,
             OutboxMessage.created_at,
@@ -66,7 +64,13 @@ def outbox_list() -> str:
         .order_by(OutboxMessage.id.desc())
         .limit(PAGE_SIZE)
     ).all()
-    return render_template("outbox/list.html", rows=rows)
+
+
+@bp.get("/outbox")
+def outbox_list() -> str:
+    """The kept messages, newest first."""
+    _local_only()
+    return render_template("outbox/list.html", rows=newest())
 
 
 @bp.get("/outbox/<int:outbox_id>")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from flask import abort, current_app, render_template
-from sqlalchemy import select
 
 from tracker.admin import bp
 from tracker.auth import roles
 from tracker.db import db
 from tracker.email_models import OutboxMessage
-from tracker.outbox_view import PAGE_SIZE, parts
+from tracker.outbox_view import newest, parts
 
 ADMIN_PAGES = {
     "layout": "admin/outbox_layout.html",
@@ -28,17 +27,7 @@ def _embedded_only() -> None:
 def outbox_list() -> str:
     """The kept messages, newest first."""
     _embedded_only()
-    rows = db.session.execute(
-        select(
-            OutboxMessage.id,
-            OutboxMessage.created_at,
-            OutboxMessage.to_addr,
-            OutboxMessage.subject,
-        )
-        .order_by(OutboxMessage.id.desc())
-        .limit(PAGE_SIZE)
-    ).all()
-    return render_template("outbox/list.html", rows=rows, **ADMIN_PAGES)
+    return render_template("outbox/list.html", rows=newest(), **ADMIN_PAGES)
 
 
 @bp.get("/outbox/<int:outbox_id>")
