@@ -335,33 +335,17 @@ def _ensure_demo_site() -> Site:
     if site is None:
         site = create_site(DEMO_SITE_NAME, ["127.0.0.1", "localhost"])
         db.session.commit()
-    if db.session.scalar(select(User).where(User.role == "admin").limit(1)) is None:
-        password = new_password()
-        db.session.add(
-            User(
-                email="admin@closedloop.local",
-                name="Admin",
-                role="admin",
-                password_hash=hash_password(password),
+    for role, email, name, note in (
+        ("admin", "admin@closedloop.local", "Admin", "the first admin"),
+        ("sales", "sam.sales@demo.test", "Sam Sales", "the demo salesperson"),
+    ):
+        if db.session.scalar(select(User).where(User.role == role).limit(1)) is None:
+            password = new_password()
+            db.session.add(
+                User(email=email, name=name, role=role, password_hash=hash_password(password))
             )
-        )
-        db.session.commit()
-        click.echo(
-            f"created the first admin: admin@closedloop.local, password {password} "
-            "(shown once; more users: flask --app wsgi users create)"
-        )
-    if db.session.scalar(select(User).where(User.role == "sales").limit(1)) is None:
-        password = new_password()
-        db.session.add(
-            User(
-                email="sam.sales@demo.test",
-                name="Sam Sales",
-                role="sales",
-                password_hash=hash_password(password),
-            )
-        )
-        db.session.commit()
-        click.echo(f"created the demo salesperson: sam.sales@demo.test, password {password}")
+            db.session.commit()
+            click.echo(f"created {note}: {email}, password {password} (shown once)")
     no_templates = db.session.scalar(select(EmailTemplate).limit(1)) is None
     if no_templates or db.session.scalar(select(ScoringRule).limit(1)) is None:
         rules = Path(__file__).parent / "templates" / "demo" / "rules.yaml"

@@ -79,3 +79,28 @@ def test_contacts_show_unknown_email_fails_clearly(app):
     result = app.test_cli_runner().invoke(args=["contacts", "show", "nobody@example.com"])
     assert result.exit_code == 1
     assert "no contact has the email 'nobody@example.com'" in result.output
+
+
+def test_the_demo_makes_a_first_admin_once_and_its_password_logs_in(app, capsys):
+    import re
+
+    from tests.conftest import csrf_of
+    from tracker.cli import _ensure_demo_site
+
+    with app.app_context():
+        _ensure_demo_site()
+        first = capsys.readouterr().out
+        _ensure_demo_site()
+        assert "created" not in capsys.readouterr().out  # never twice, never a new password
+    password = re.search(r"admin@closedloop.local, password (\S+)", first).group(1)
+    assert "sam.sales@demo.test, password" in first
+    client = app.test_client()
+    response = client.post(
+        "/admin/login",
+        data={
+            "email": "admin@closedloop.local",
+            "password": password,
+            "csrf_token": csrf_of(client),
+        },
+    )
+    assert response.status_code == 302
