@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from fractions import Fraction
 
 MODELS = ("first", "last", "linear")
@@ -152,6 +152,9 @@ class Conversion:
     metric: str
     value: Fraction = Fraction(1)
     campaign_id: int | None = None
+    counted_on: date | None = None
+    """The day the conversion counts on when not `at`'s: a deal's revenue counts when it
+    is won, credited over the touches up to its opening (`at`)."""
 
 
 def attribute(
@@ -171,3 +174,38 @@ def attribute(
         for campaign_id, share in shares.items():
             totals[(campaign_id, conversion.metric)] += share * conversion.value
     return dict(totals)
+
+
+CreditKey = tuple[int, date, str, str, int | None]
+"""(contact id, UTC day of the conversion, model, metric, campaign id or None)."""
+
+
+def contact_credits(
+    conversions: Iterable[Conversion],
+    touches_by_contact: Mapping[int, list[tuple[datetime, int]]],
+    models: Iterable[str] = MODELS,
+) -> dict[CreditKey, Fraction]:
+    """Every model's credit times value per contact, conversion day, metric and campaign.
+
+    What a store keeps so that a report only sums: `attribute` for one model and
+    period is the sum of these over the period's days.
+    """
+    found: dict[CreditKey, Fraction] = defaultdict(Fraction)
+    conversions = list(conversions)
+    for model in models:
+        for conversion in conversions:
+            if conversion.campaign_id is not None:
+                shares: Mapping[int, Fraction] = {conversion.campaign_id: Fraction(1)}
+            else:
+                shares = credit(
+                    touches_by_contact.get(conversion.contact_id, ()), conversion.at, model
+                )
+            day = conversion.counted_on or conversion.at.astimezone(UTC).date()
+            if not shares:
+                found[(conversion.contact_id, day, model, conversion.metric, None)] += (
+                    conversion.value
+                )
+            for campaign_id, share in shares.items():
+                key = (conversion.contact_id, day, model, conversion.metric, campaign_id)
+                found[key] += share * conversion.value
+    return dict(found)

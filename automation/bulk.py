@@ -45,8 +45,10 @@ def insert_rows(
 ) -> list[Row[Any]]:
     """Insert `rows` (all with the same keys); on a `conflict` key do nothing, or `update`.
 
-    `update` maps a column to "new" (take the inserted value) or "max" (keep the
-    larger). Returns the `returning` columns of the rows inserted or updated.
+    `update` maps a column to "new" (take the inserted value), "max" (keep the
+    larger) or "add" (add the inserted value to the stored one). No `conflict`
+    columns: plain inserts. Returns the `returning` columns of the rows inserted
+    or updated.
     """
     if not rows:
         return []
@@ -97,6 +99,8 @@ def _insert_sqlite(
     returning: Sequence[str],
 ) -> list[Any]:
     tail = "ON CONFLICT ({}) DO NOTHING".format(", ".join(f'"{c}"' for c in conflict))
+    if not conflict:
+        tail = ""
     if returning:
         tail += " RETURNING " + ", ".join(f'"{c}"' for c in returning)
     width = len(columns)
@@ -131,6 +135,8 @@ def _sqlite_value(stmt: Any, table: Table, column: str, how: str) -> Any:
         return case((old.is_(None), new), (new > old, new), else_=old)
     if how == "new":
         return new
+    if how == "add":
+        return old + new
     raise ValueError(f"unknown update rule {how!r} for {column}")
 
 
@@ -146,21 +152,29 @@ def _insert_postgresql(
     names = ", ".join(f'"{c}"' for c in columns)
     target = ", ".join(f'"{c}"' for c in conflict)
     if update:
-        sets = ", ".join(
-            f'"{c}" = GREATEST("{table.name}"."{c}", EXCLUDED."{c}")'
-            if how == "max"
-            else f'"{c}" = EXCLUDED."{c}"'
-            for c, how in update.items()
-        )
+        sets = ", ".join(_postgresql_set(table, c, how) for c, how in update.items())
         tail = f"ON CONFLICT ({target}) DO UPDATE SET {sets}"
-    else:
+    elif conflict:
         tail = f"ON CONFLICT ({target}) DO NOTHING"
+    else:
+        tail = ""
     if returning:
         tail += " RETURNING " + ", ".join(f'"{c}"' for c in returning)
     source = _recordset(table, columns, conn.dialect)
     sql = f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM {source} {tail}'
     result = conn.execute(text(sql), {"rows": _dumps(rows)})
     return result.all() if returning else []
+
+
+def _postgresql_set(table: Table, column: str, how: str) -> str:
+    stored = f'"{table.name}"."{column}"'
+    if how == "max":
+        return f'"{column}" = GREATEST({stored}, EXCLUDED."{column}")'
+    if how == "add":
+        return f'"{column}" = {stored} + EXCLUDED."{column}"'
+    if how == "new":
+        return f'"{column}" = EXCLUDED."{column}"'
+    raise ValueError(f"unknown update rule {how!r} for {column}")
 
 
 def update_rows(

@@ -6,12 +6,13 @@ the journeys (from stage_changes).
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from itertools import pairwise
-from statistics import median
 
 STEPS: tuple[tuple[str, str], ...] = (
     ("visitors", "Visitors"),
@@ -24,6 +25,8 @@ STEPS: tuple[tuple[str, str], ...] = (
 """The funnel's steps, in order: (key, label). Keys past "visitors" are lifecycle stages."""
 
 STAGES = tuple(key for key, _ in STEPS[1:])
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC).date()
 
 
 @dataclass(frozen=True)
@@ -42,24 +45,43 @@ def conversion_rate(count: int, previous: int) -> Fraction | None:
     return Fraction(count, previous) if previous else None
 
 
-def stage_medians(
+def stage_waits(
     journeys: Mapping[int, Mapping[str, float]], start: float, end: float
-) -> dict[str, float | None]:
-    """Median days from each stage to the next, for contacts that reached the next in [start, end).
+) -> Counter[tuple[date, str, int]]:
+    """How many contacts reached each stage on each day of [start, end), by whole hours
+    waited since they reached the stage before.
 
-    Times are in days (any epoch, the same for all): a journey is one contact's first
-    time at each stage ("lead": when it was created). Contacts that skipped the
-    previous stage, or reached it only later, say nothing about that step.
+    Times are in days since the Unix epoch (`in_days`): a journey is one contact's
+    first time at each stage ("lead": when it was created). Contacts that skipped
+    the previous stage, or reached it only later, say nothing about that step.
+    Counted per day, the waits sum over any period into a histogram whose median
+    (`histogram_median`) is the funnel's "median days", to the hour.
     """
-    waits: dict[str, list[float]] = {stage: [] for stage in STAGES[1:]}
+    waits: Counter[tuple[date, str, int]] = Counter()
     for journey in journeys.values():
         for before, stage in pairwise(STAGES):
             reached, earlier = journey.get(stage), journey.get(before)
             if reached is None or earlier is None or not start <= reached < end:
                 continue
             if earlier <= reached:
-                waits[stage].append(reached - earlier)
-    return {stage: median(days) if days else None for stage, days in waits.items()}
+                day = EPOCH + timedelta(days=math.floor(reached))
+                waits[(day, stage, int((reached - earlier) * 24))] += 1
+    return waits
+
+
+def histogram_median(counts: Mapping[int, int]) -> float | None:
+    """The median of a multiset given as value -> how many times; None when empty."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    middle, seen, low = (total - 1) / 2, 0, None
+    for value in sorted(counts):
+        seen += counts[value]
+        if low is None and seen > math.floor(middle):
+            low = value
+        if seen > math.ceil(middle):
+            return (low + value) / 2
+    raise AssertionError("unreachable: the counts sum to total")
 
 
 def in_days(moment: datetime) -> float:

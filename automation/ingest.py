@@ -23,6 +23,7 @@ from flask import current_app
 from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import DataError, IntegrityError
 
+from automation.attribution_store import mark_touched
 from automation.dispatch import enqueue_action_runs
 from automation.points import load_rulebook, run_thresholds, score_batch
 from automation.rollups import add_events
@@ -271,7 +272,9 @@ def _store_and_score(conn: Connection, rows: list[dict[str, Any]]) -> tuple[int,
     # A human open or click decides a branch waiting on that message now, not at its deadline.
     wake_branches(conn, stored.human_email_messages, utcnow())
     # The dashboard's day counters move with the events that were new here, never twice.
-    add_events(conn, stored.new_event_ids)
+    facts = add_events(conn, stored.new_event_ids)
+    # Campaign credit moves with new touches and with visitors newly tied to a contact.
+    mark_touched(conn, facts, stored.identified_contacts)
     rulebook = load_rulebook(conn)
     segments = load_segments(conn)
     if rulebook.empty and not segments:

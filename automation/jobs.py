@@ -201,6 +201,22 @@ def apply_retention() -> dict[str, int]:
     return {"events": result.deleted, "points_detached": result.points_detached}
 
 
+def refresh_attribution() -> dict[str, int]:
+    """Recompute the campaign credit of contacts marked since the last run (all of them
+    after a campaign's codes, emails or sequences changed); the scheduler runs it every
+    minute, a run stops after `REFRESH_SECONDS` and leaves the rest to the next."""
+    from automation.attribution_store import pending, refresh
+    from tracker.db import db
+
+    try:
+        done = refresh(db.engine)
+        with db.engine.connect() as conn:
+            left = pending(conn)
+    finally:
+        db.session.remove()
+    return {"recomputed": done, "pending": left}
+
+
 def settle_rollups() -> dict[str, str]:
     """Recount the dashboard's row metrics (leads, stage changes, mail sent) of yesterday and
     today: the scheduler runs it every minute, so sales actions show within one."""

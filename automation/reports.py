@@ -1,7 +1,8 @@
 """The closed-loop reports: campaign ROI, email performance, score calibration.
 
-This module does the I/O: a handful of grouped queries per report over the raw
-tables, then the pure maths of `automation.attribution` and
+This module does the I/O: the ROI table sums stored credits
+(`automation.attribution_store`) and daily rollups; email performance and
+calibration are a handful of grouped queries over the tables; the pure maths is
 `automation.report_tables`. Periods are whole days in UTC, both ends included;
 no end means no limit.
 """
@@ -15,17 +16,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, distinct, func, or_, select, true, union
-from sqlalchemy.sql import Select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, true
 
-from automation.attribution import (
-    CampaignIndex,
-    CampaignKeys,
-    Conversion,
-    Touch,
-    attribute,
-    campaign_touches,
-)
+from automation import attribution_store, rollups
+from automation.attribution import CampaignIndex, CampaignKeys
 from automation.report_tables import (
     CostPeriod,
     band_label,
@@ -34,10 +28,10 @@ from automation.report_tables import (
     ratio,
     roi,
 )
-from tracker.automation_models import StageChange, Threshold
+from tracker.automation_models import Segment, StageChange, Threshold
 from tracker.db import db
-from tracker.email_models import EmailTemplate, Enrolment, Message, Sequence
-from tracker.models import Contact, Event, Visitor, as_utc
+from tracker.email_models import Broadcast, EmailTemplate, Enrolment, Message, Sequence
+from tracker.models import Contact, as_utc
 from tracker.sales_models import Campaign, CampaignCost, Opportunity
 
 METRICS = ("leads", "mqls", "converted", "opportunities", "revenue")
@@ -113,6 +107,8 @@ class RoiReport:
     model: str
     period: Period
     rows: list[RoiRow] = field(default_factory=list)
+    waiting: int = 0
+    """Contacts whose credit is still being recomputed (the figures will move)."""
 
 
 ROI_COLUMNS = (
@@ -159,6 +155,7 @@ def _campaign_keys(campaigns: Iterable[Campaign]) -> list[CampaignKeys]:
 
 def roi_report(model: str, period: Period) -> RoiReport:
     """Per campaign: visitors, attributed leads, MQLs, conversions, deals, revenue; cost, ROI."""
+    waiting = attribution_store.catch_up(db.engine)
     campaigns = list(db.session.scalars(select(Campaign).order_by(Campaign.name, Campaign.id)))
     keys = _campaign_keys(campaigns)
     index = CampaignIndex.build(keys)
@@ -173,9 +170,8 @@ def roi_report(model: str, period: Period) -> RoiReport:
     ):
         costs[row.campaign_id].append(CostPeriod(row.starts_on, row.ends_on, row.amount))
 
-    conversions = _conversions(period)
-    touches = _touches(index, period)
-    totals = attribute(conversions, touches, model)
+    conn = db.session.connection()
+    totals = attribution_store.totals(conn, model, period.starts_on, period.ends_on)
     visitors = _visitors_per_campaign(index, period)
 
     rows = []
@@ -199,137 +195,21 @@ def roi_report(model: str, period: Period) -> RoiReport:
         setattr(target, metric, getattr(target, metric) + value)
     if any(getattr(nobody, metric) for metric in METRICS):
         rows.append(nobody)
-    return RoiReport(model, period, rows)
-
-
-def _conversions(period: Period) -> list[Conversion]:
-    """Leads created, MQL and opportunity stage changes, deals opened, deals won, in the period."""
-    found: list[Conversion] = []
-    leads = select(Contact.id, Contact.created_at).where(period.where(Contact.created_at))
-    found += [Conversion(cid, as_utc(at), "leads") for cid, at in db.session.execute(leads)]
-    stage_metrics = {"mql": "mqls", "opportunity": "converted"}
-    changes = select(StageChange.contact_id, StageChange.created_at, StageChange.to_stage).where(
-        StageChange.to_stage.in_(stage_metrics), period.where(StageChange.created_at)
-    )
-    found += [
-        Conversion(cid, as_utc(at), stage_metrics[stage])
-        for cid, at, stage in db.session.execute(changes)
-    ]
-    deal_columns = (
-        Opportunity.contact_id,
-        Opportunity.created_at,
-        Opportunity.amount,
-        Opportunity.campaign_id,
-        Opportunity.campaign_source,
-    )
-    # A campaign someone chose by hand takes all the credit; an automatic one is recomputed.
-    opened = select(*deal_columns).where(period.where(Opportunity.created_at))
-    for cid, at, _, campaign_id, source in db.session.execute(opened):
-        chosen = _chosen(cid, campaign_id, source)
-        found.append(Conversion(cid, as_utc(at), "opportunities", campaign_id=chosen))
-    won = select(*deal_columns).where(
-        Opportunity.stage == "won", period.where(Opportunity.closed_at)
-    )
-    for cid, at, amount, campaign_id, source in db.session.execute(won):
-        chosen = _chosen(cid, campaign_id, source)
-        # Revenue is credited to what brought the deal in: touches up to its opening.
-        found.append(Conversion(cid, as_utc(at), "revenue", Fraction(amount), campaign_id=chosen))
-    return found
-
-
-def _chosen(contact_id: int | None, campaign_id: int | None, source: str) -> int | None:
-    """The campaign a deal is credited to whatever the model: chosen by hand, or the only
-    trace left once its contact (and so its touches) was erased."""
-    return campaign_id if source == "manual" or contact_id is None else None
-
-
-def _converting_contacts(period: Period) -> Select[Any]:
-    """SQL: the contacts with a conversion in the period (whose touches are needed)."""
-    return union(
-        select(Contact.id).where(period.where(Contact.created_at)),
-        select(StageChange.contact_id).where(
-            StageChange.to_stage.in_(("mql", "opportunity")), period.where(StageChange.created_at)
-        ),
-        select(Opportunity.contact_id).where(
-            Opportunity.contact_id.is_not(None),
-            or_(
-                period.where(Opportunity.created_at),
-                and_(Opportunity.stage == "won", period.where(Opportunity.closed_at)),
-            ),
-        ),
-    )
-
-
-def _touches(index: CampaignIndex, period: Period) -> dict[int, list[tuple[datetime, int]]]:
-    """Each converting contact's campaign touches: first visits, UTM-tagged events, human
-    email clicks; one query per kind, however many contacts."""
-    codes = sorted(index.by_code)
-    if not (codes or index.by_template or index.by_sequence):
-        return {}
-    contacts = _converting_contacts(period).scalar_subquery()
-    raw: dict[int, list[Touch]] = defaultdict(list)
-    if codes:
-        visits = select(Visitor.contact_id, Visitor.first_seen, Visitor.utm_campaign).where(
-            Visitor.contact_id.in_(contacts),
-            func.lower(Visitor.utm_campaign).in_(codes),
-            Visitor.is_bot.is_(False),
-        )
-        events = (
-            select(Event.contact_id, Event.occurred_at, Event.utm_campaign)
-            .where(
-                Event.contact_id.in_(contacts),
-                func.lower(Event.utm_campaign).in_(codes),
-                Event.is_bot.is_(False),
-            )
-            .distinct()
-        )
-        for query in (visits, events):
-            for cid, at, code in db.session.execute(query):
-                raw[cid].append(Touch(as_utc(at), utm_campaign=code))
-    if index.by_template or index.by_sequence:
-        clicks = (
-            select(
-                Message.contact_id, Message.clicked_at, Message.template_id, Enrolment.sequence_id
-            )
-            .outerjoin(Enrolment, Enrolment.id == Message.enrolment_id)
-            .where(
-                Message.contact_id.in_(contacts),
-                Message.clicked_at.is_not(None),
-                or_(
-                    Message.template_id.in_(sorted(index.by_template)),
-                    Enrolment.sequence_id.in_(sorted(index.by_sequence)),
-                ),
-            )
-        )
-        for cid, at, template_id, sequence_id in db.session.execute(clicks):
-            raw[cid].append(Touch(as_utc(at), template_id=template_id, sequence_id=sequence_id))
-    return {cid: campaign_touches(touches, index) for cid, touches in raw.items()}
+    return RoiReport(model, period, rows, waiting)
 
 
 def _visitors_per_campaign(index: CampaignIndex, period: Period) -> dict[int, int]:
-    """Distinct human visitors whose first touch or events carry a campaign's code in period."""
-    if not index.by_code:
-        return {}
-    codes = sorted(index.by_code)
-    first = select(Visitor.id.label("visitor_id"), func.lower(Visitor.utm_campaign).label("code"))
-    first = first.where(
-        func.lower(Visitor.utm_campaign).in_(codes),
-        Visitor.is_bot.is_(False),
-        period.where(Visitor.first_seen),
-    )
-    later = select(Event.visitor_id, func.lower(Event.utm_campaign)).where(
-        Event.visitor_id.is_not(None),
-        func.lower(Event.utm_campaign).in_(codes),
-        Event.is_bot.is_(False),
-        period.where(Event.occurred_at),
-    )
-    both = union(first, later).subquery()
-    # Codes map to campaigns in SQL so that a visitor is counted once per campaign.
-    campaign = case(
-        *((both.c.code == code, campaign_id) for code, campaign_id in index.by_code.items())
-    ).label("campaign_id")
-    query = select(campaign, func.count(distinct(both.c.visitor_id))).group_by(campaign)
-    return {campaign_id: count for campaign_id, count in db.session.execute(query)}
+    """Distinct human visitors whose events carried one of a campaign's codes in the period
+    (from the daily rollups: a first touch is an event too)."""
+    codes: dict[int, set[str]] = defaultdict(set)
+    for code, campaign_id in index.by_code.items():
+        codes[campaign_id].add(code)
+    conn = db.session.connection()
+    first, last = period.starts_on or date.min, period.ends_on or date.max
+    return {
+        campaign_id: rollups.distinct_visitors(conn, first, last, mine)
+        for campaign_id, mine in codes.items()
+    }
 
 
 # --- email performance ----------------------------------------------------------------------

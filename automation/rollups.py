@@ -44,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from automation.bulk import insert_rows
+from automation.funnel import STAGES, in_days, stage_waits
 from tracker.automation_models import StageChange
 from tracker.email_models import Message
 from tracker.models import Contact, Event, Visitor, as_utc
@@ -62,8 +63,18 @@ EMAILS_SENT = "emails_sent"
 EVENT_COUNTS = {"pageview": PAGEVIEWS, "email_open": EMAIL_OPENS, "email_click": EMAIL_CLICKS}
 """Event type → the metric counting its human events."""
 
+VISITORS_WINDOW = "visitors_window"
+"""Distinct visitors of the N days ending on the row's day (key: N), for the dashboard."""
+
+WINDOWS = (7, 30, 90, 365)
+"""The periods the dashboard offers, whose distinct visitors `settle` keeps ready."""
+
+STAGE_WAITS = {stage: f"wait:{stage}" for stage in STAGES[1:]}
+"""Stage -> metric counting contacts that first reached it that day, per whole hours
+waited since the stage before (key: the hours)."""
+
 EVENT_METRICS = (*EVENT_COUNTS.values(), VISITORS, CAMPAIGN_VISITORS)
-ROW_METRICS = (LEADS, CAMPAIGN_LEADS, STAGE, EMAILS_SENT)
+ROW_METRICS = (LEADS, CAMPAIGN_LEADS, STAGE, EMAILS_SENT, VISITORS_WINDOW, *STAGE_WAITS.values())
 
 REBUILD_CHUNK = 50_000
 """Event ids per statement in a rebuild: small enough for a progress bar to move."""
@@ -80,6 +91,7 @@ class EventFacts:
     is_bot: bool
     visitor_id: int | None
     utm_campaign: str | None
+    contact_id: int | None = None
 
 
 def campaign_code(value: str | None) -> str:
@@ -113,22 +125,18 @@ def _insert(conn: Connection, table: Any) -> Any:
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
-def _add_counts(conn: Connection, counts: Mapping[Key, int]) -> None:
-    """Add to the day counters in one statement, in key order (concurrent batches lock alike)."""
+def _add_counts(conn: Connection, counts: Mapping[Key, int], zeros: bool = False) -> None:
+    """Add to the day counters in one statement, in key order (concurrent batches lock alike);
+    a zero is only written with `zeros` (where "none" is an answer worth keeping)."""
     rows = [
         {"day": day, "metric": metric, "key": key, "value": value}
         for (day, metric, key), value in sorted(counts.items())
-        if value
+        if value or zeros
     ]
-    if not rows:
-        return
-    table = RollupDay.__table__
-    stmt = _insert(conn, table).values(rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["day", "metric", "key"],
-        set_={"value": table.c.value + stmt.excluded.value},
+    # One statement however many rows (a rebuild's stage waits run to tens of thousands).
+    insert_rows(
+        conn, RollupDay.__table__, rows, conflict=("day", "metric", "key"), update={"value": "add"}
     )
-    conn.execute(stmt)
 
 
 def _facts(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
@@ -139,6 +147,7 @@ def _facts(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
         events.c.is_bot,
         events.c.visitor_id,
         events.c.utm_campaign,
+        events.c.contact_id,
     )
     if conn.dialect.name == "postgresql":
         ids = bindparam("rollup_ids", event_ids, type_=ARRAY(BigInteger))
@@ -151,15 +160,17 @@ def _facts(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
     return [EventFacts(*row) for query in queries for row in conn.execute(query)]
 
 
-def add_events(conn: Connection, event_ids: list[int]) -> None:
-    """Add newly stored events to the rollups, in the caller's transaction.
+def add_events(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
+    """Add newly stored events to the rollups, in the caller's transaction; return what
+    was read of them.
 
     Give it only ids that were new in this transaction (`StoredBatch.new_event_ids`):
     that is what makes a re-delivered batch count nothing.
     """
     if not event_ids:
-        return
-    counts, seen = tally(_facts(conn, event_ids))
+        return []
+    facts = _facts(conn, event_ids)
+    counts, seen = tally(facts)
     fresh = insert_rows(
         conn,
         RollupVisitor.__table__,
@@ -172,6 +183,7 @@ def add_events(conn: Connection, event_ids: list[int]) -> None:
         day = day if isinstance(day, date) else date.fromisoformat(str(day))
         counts[(day, CAMPAIGN_VISITORS if campaign else VISITORS, campaign)] += 1
     _add_counts(conn, counts)
+    return facts
 
 
 # --- settling and rebuilding from the tables -------------------------------------------------
@@ -207,7 +219,9 @@ def _upsert_select(conn: Connection, query: Any, add: bool = False) -> None:
 
 
 def settle(conn: Connection, first: date, last: date) -> None:
-    """Recount the row metrics (leads, stage changes, sent mail) of the days first..last."""
+    """Recount the row metrics of the days first..last: leads, stage changes, sent mail, the
+    hours contacts waited between stages, and the distinct visitors of each of the
+    dashboard's periods ending on `last`."""
     rollups = RollupDay.__table__
     conn.execute(
         delete(rollups).where(
@@ -256,6 +270,63 @@ def settle(conn: Connection, first: date, last: date) -> None:
         .where(_during(messages.c.sent_at, first, last))
         .group_by(sent),
     )
+    start, end = bounds(first, last)
+    waits = stage_waits(stage_journeys(conn, start, end), in_days(start), in_days(end))
+    counts: Counter[Key] = Counter(
+        {(day, STAGE_WAITS[stage], str(hours)): n for (day, stage, hours), n in waits.items()}
+    )
+    _add_counts(conn, counts)
+    windows = {
+        (last, VISITORS_WINDOW, str(days)): distinct_visitors(
+            conn, last - timedelta(days=days - 1), last
+        )
+        for days in WINDOWS
+    }
+    _add_counts(conn, windows, zeros=True)
+
+
+def _in_days(conn: Connection, column: Any) -> Any:
+    """SQL: a timestamp as days since the Unix epoch (no datetime parsed per row in Python)."""
+    if conn.dialect.name == "postgresql":
+        return func.extract("epoch", column) / 86400
+    return func.julianday(column) - 2440587.5
+
+
+def stage_journeys(conn: Connection, start: datetime, end: datetime) -> dict[int, dict[str, float]]:
+    """First time at each stage (days since the epoch) of the contacts that changed stage in
+    [start, end); "lead" is when the contact was created."""
+    changes, contacts = StageChange.__table__, Contact.__table__
+    later = STAGES[1:]
+    movers = conn.scalars(
+        select(changes.c.contact_id)
+        .where(
+            changes.c.to_stage.in_(later),
+            changes.c.created_at >= start,
+            changes.c.created_at < end,
+        )
+        .distinct()
+    ).all()
+    ids = sorted(movers)
+    found: dict[int, dict[str, float]] = {}
+    # In chunks of ids: each an index lookup, where one IN (subquery) can scan them all.
+    for chunk in (ids[i : i + 1000] for i in range(0, len(ids), 1000)):
+        first_times = (
+            select(
+                changes.c.contact_id,
+                changes.c.to_stage,
+                _in_days(conn, func.min(changes.c.created_at)),
+            )
+            .where(changes.c.contact_id.in_(chunk), changes.c.to_stage.in_(later))
+            .group_by(changes.c.contact_id, changes.c.to_stage)
+        )
+        for contact_id, stage, days in conn.execute(first_times):
+            found.setdefault(contact_id, {})[stage] = float(days)
+        created = select(contacts.c.id, _in_days(conn, contacts.c.created_at)).where(
+            contacts.c.id.in_(chunk)
+        )
+        for contact_id, days in conn.execute(created):
+            found.setdefault(contact_id, {})["lead"] = float(days)
+    return found
 
 
 def rebuild(

@@ -104,6 +104,7 @@ PERIODIC: tuple[tuple[str, int, str], ...] = (
     ("automation.jobs.apply_decay", 3600, MAINTENANCE_QUEUE),
     ("automation.jobs.rebuild_segments", 900, MAINTENANCE_QUEUE),
     ("automation.jobs.settle_rollups", 60, MAINTENANCE_QUEUE),
+    ("automation.jobs.refresh_attribution", 60, MAINTENANCE_QUEUE),
     ("automation.jobs.apply_retention", 86400, MAINTENANCE_QUEUE),
 )
 """Jobs enqueued every so many seconds: (dotted name, interval, queue)."""

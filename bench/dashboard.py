@@ -1,7 +1,7 @@
 """Benchmark the dashboard and the campaign ROI page at 100K contacts and 1M events.
 
     .venv/bin/python bench/dashboard.py [--database sqlite|postgresql]
-        [--contacts 100000] [--events 1000000] [--requests 15]
+        [--contacts 100000] [--events 1000000] [--requests 15] [--profile]
 
 Builds the schema with the migrations in a temp SQLite file (or a throwaway
 PostgreSQL database on 127.0.0.1:5432), generates contacts, visitors and events
@@ -9,7 +9,9 @@ over 120 days with bench/segments.py's INSERT … SELECT generators, then in Pyt
 stage changes that follow each contact's stage (MQL, SQL, opportunity, customer,
 days apart), an opportunity per contact that got that far (won for customers),
 three campaigns matching the generated UTM codes, with costs. The rollups are
-rebuilt (`automation.rollups.rebuild`, timed) and a marketer logs in through the
+rebuilt (`automation.rollups.rebuild`, timed), the stored attribution credit of
+every contact is computed (`automation.attribution_store.refresh`, timed: what
+the job does after a campaign change), and a marketer logs in through the
 login form of the Flask test client. Then GET /admin/dashboard (last 30 days) and
 GET /admin/reports/roi (linear, no period limit: the page as it first opens) are
 each requested twice to warm up and `--requests` times measured.
@@ -49,6 +51,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=15, help="measured requests per page")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after measuring, request each page once more under cProfile and print the top",
+    )
     return parser.parse_args()
 
 
@@ -175,6 +182,21 @@ def log_in(app: Any) -> Any:
     return client
 
 
+def profile(client: Any, path: str) -> None:
+    """Where one warm request of `path` spends its time (cumulative, top 30)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    client.get(path)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+    print(f"  profile of {path}:\n{out.getvalue()}")
+
+
 def timed(client: Any, path: str, requests: int) -> list[float]:
     samples = []
     for i in range(requests + 2):
@@ -211,6 +233,7 @@ def main() -> int:
         common.migrate(app)
         site, _ = common.create_site(app, [generated.HOST])
 
+        from automation import attribution_store
         from automation.rollups import event_days, rebuild
         from tracker.db import db
         from tracker.models import utcnow
@@ -237,6 +260,16 @@ def main() -> int:
                 conn.exec_driver_sql("ANALYZE")
             rollup_s = time.perf_counter() - started
             print(f"  rollups rebuilt for {first}..{last}: {rollup_s:.1f}s")
+            started = time.perf_counter()
+            marked = attribution_store.refresh(engine, seconds=86_400)
+            attribution_s = time.perf_counter() - started
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ANALYZE")
+            print(
+                f"  attribution credit of {marked:,} contacts computed in {attribution_s:.1f}s "
+                f"({marked / attribution_s:,.0f} contacts/s; what the every-minute job does "
+                "after a campaign change)"
+            )
             engine.dispose()
         client = log_in(app)
         dashboard = timed(client, "/admin/dashboard", args.requests)
@@ -249,6 +282,9 @@ def main() -> int:
                 f"max {max(samples):.1f} over {len(samples)} warm requests "
                 f"[target < {TARGET_MS:.0f} ms: {verdict}]"
             )
+        if args.profile:
+            for path in ("/admin/dashboard", "/admin/reports/roi"):
+                profile(client, path)
         with app.app_context():
             db.engine.dispose()
     print(f"dashboard_ms={dashboard_ms:.1f} roi_ms={roi_ms:.1f}")

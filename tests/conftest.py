@@ -79,6 +79,8 @@ def app(database_url: str, redis_url: str) -> Iterator[Flask]:
     with app.app_context():
         for table in reversed(db.metadata.sorted_tables):
             db.session.execute(table.delete())
+        # Deleting opportunities fires the attribution trigger: empty its list last.
+        db.session.execute(db.metadata.tables["attribution_dirty"].delete())
         db.session.commit()
         db.session.remove()
     yield app

@@ -45,6 +45,8 @@ def reports_roi(model: str, from_: str | None, to: str | None, as_csv: bool) -> 
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--to") from e
     report = roi_report(model, period)
+    if report.waiting:
+        click.echo(_catching_up(report.waiting), err=True)
     if as_csv:
         click.echo(csv_text(ROI_COLUMNS, (roi_cells(r) for r in report.rows)), nl=False)
         return
@@ -61,6 +63,46 @@ def reports_roi(model: str, from_: str | None, to: str | None, as_csv: bool) -> 
                 for i, (cell, width) in enumerate(zip(line, widths, strict=True))
             ).rstrip()
         )
+
+
+def _catching_up(waiting: int) -> str:
+    return (
+        f"note: {waiting} contact(s) wait for their campaign credit to be recomputed; the "
+        "figures will move (a worker does it every minute; `reports attribute` does it now)."
+    )
+
+
+@reports_cli.command("attribute")
+@click.option(
+    "--all", "everyone", is_flag=True, help="Recompute every contact, not only those marked."
+)
+def reports_attribute(everyone: bool) -> None:
+    """Recompute the stored campaign credit the ROI report sums, now.
+
+    The scheduler's job does this every minute for contacts whose conversions or
+    touches changed, and for everyone after a campaign's codes, emails or
+    sequences changed; this runs it to the end, with a progress bar.
+    """
+    from automation import attribution_store as store
+    from tracker.db import db
+
+    try:
+        with db.engine.begin() as conn:
+            if everyone:
+                store.mark_all(conn)
+            total = store.pending(conn)
+        with click.progressbar(length=max(total, 1), label="Attributing") as bar:
+            done = 0
+            while True:
+                step = store.refresh(db.engine, seconds=0)
+                done += step
+                bar.update(min(step, bar.length - bar.pos))
+                if not step:
+                    break
+            bar.update(bar.length - bar.pos)
+    finally:
+        db.session.remove()
+    click.echo(f"Recomputed the campaign credit of {done} contact(s).")
 
 
 @reports_cli.command("rollup")

@@ -172,11 +172,15 @@ def erase_contact(contact_id: int) -> dict[str, int] | None:
 
     None when there is no such contact. Commits.
     """
+    from automation.attribution_store import forget, unmark
+
     contact = db.session.get(Contact, contact_id)
     if contact is None:
         return None
     email = contact.email
     session = db.session
+    # Campaign credit stays in the reports, anonymous; computed first if it was pending.
+    forget(session.connection(), contact_id)
     visitor_ids = list(session.scalars(select(Visitor.id).where(Visitor.contact_id == contact_id)))
     event_ids = select(Event.id).where(_events_of(contact_id, visitor_ids)).scalar_subquery()
     message_ids = select(Message.id).where(Message.contact_id == contact_id).scalar_subquery()
@@ -228,5 +232,6 @@ def erase_contact(contact_id: int) -> dict[str, int] | None:
     )
     remove("visitors", delete(Visitor).where(Visitor.contact_id == contact_id))
     remove("contacts", delete(Contact).where(Contact.id == contact_id))
+    unmark(session.connection(), contact_id)
     session.commit()
     return counts

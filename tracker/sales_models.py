@@ -135,3 +135,61 @@ class RollupVisitor(db.Model):
     campaign: Mapped[str] = mapped_column(String(200), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     visitor_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+Credit = Numeric(28, 10)
+"""A share of a conversion's value: exact on PostgreSQL, ten decimals kept."""
+
+
+class AttributionCredit(db.Model):
+    """What one contact's conversions of a day gave a campaign, by model and metric.
+
+    Kept by `automation.attribution_store` so that reports never attribute raw
+    touches per request. Campaign 0 is "no campaign". An erased contact's rows
+    stay with `contact_id` NULL: the reports keep the credit, nobody's name.
+    """
+
+    __tablename__ = "attribution_credits"
+    __table_args__ = (Index("ix_attribution_credits_contact_id", "contact_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    day: Mapped[date] = mapped_column(Date)
+    model: Mapped[str] = mapped_column(String(10))
+    metric: Mapped[str] = mapped_column(String(20))
+    campaign_id: Mapped[int] = mapped_column(Integer)
+    value: Mapped[Decimal] = mapped_column(Credit)
+
+
+class AttributionDay(db.Model):
+    """The sum of the credits of one day, model, metric and campaign (0: none)."""
+
+    __tablename__ = "attribution_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(10), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(20), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[Decimal] = mapped_column(Credit, default=0)
+
+
+class AttributionDirty(db.Model):
+    """A contact whose credits must be recomputed: database triggers add them when a
+    contact, stage change or opportunity is written; ingestion when a touch arrives.
+
+    No foreign key: a contact erased meanwhile is simply found gone.
+    """
+
+    __tablename__ = "attribution_dirty"
+
+    contact_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class AttributionState(db.Model):
+    """The single row saying which campaign definitions the stored credits follow."""
+
+    __tablename__ = "attribution_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

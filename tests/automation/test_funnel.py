@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from fractions import Fraction
 
-from automation.funnel import conversion_rate, funnel, in_days, stage_medians
+from automation.funnel import conversion_rate, funnel, histogram_median, in_days, stage_waits
 
 START, END = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
 
@@ -49,8 +50,34 @@ def test_medians_count_contacts_that_reached_the_stage_in_the_period() -> None:
         5: {"lead": day(2), "mql": datetime(2026, 4, 2, tzinfo=UTC)},
     }
     days = {cid: {stage: in_days(at) for stage, at in j.items()} for cid, j in journeys.items()}
-    medians = stage_medians(days, in_days(START), in_days(END))
-    assert medians["mql"] == 4.5  # median of 2, 4.5, 10
-    assert medians["sql"] == (4 + 18) / 2  # 4 days, and 20 Feb -> 10 Mar = 18 days
-    assert medians["opportunity"] is None
-    assert medians["customer"] is None
+    waits = stage_waits(days, in_days(START), in_days(END))
+    # Counted on the day the stage was reached, in whole hours waited.
+    assert waits == Counter(
+        {
+            (day(3).date(), "mql", 48): 1,
+            (day(5).date(), "mql", 108): 1,
+            (day(12).date(), "mql", 240): 1,
+            (day(7).date(), "sql", 96): 1,
+            (day(10).date(), "sql", 18 * 24): 1,
+        }
+    )
+    hours: dict[str, Counter[int]] = {}
+    for (_, stage, waited), n in waits.items():
+        hours.setdefault(stage, Counter())[waited] += n
+    assert histogram_median(hours["mql"]) / 24 == 4.5  # median of 2, 4.5, 10
+    assert histogram_median(hours["sql"]) / 24 == (4 + 18) / 2  # 4 days; 20 Feb -> 10 Mar
+    assert "opportunity" not in hours and "customer" not in hours
+
+
+def test_histogram_median() -> None:
+    assert histogram_median({}) is None
+    assert histogram_median({5: 1}) == 5
+    assert histogram_median({1: 1, 3: 1}) == 2  # even: the mean of the middle two
+    assert histogram_median({1: 2, 10: 1}) == 1
+    assert histogram_median({1: 1, 2: 2, 9: 1}) == 2
+    assert histogram_median({0: 3, 100: 3}) == 50
+    # The same as the median of the values written out.
+    from statistics import median
+
+    counts = {3: 4, 7: 1, 8: 2, 20: 5}
+    assert histogram_median(counts) == median(v for v, n in counts.items() for _ in range(n))

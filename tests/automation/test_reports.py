@@ -9,11 +9,11 @@ Contacts and their touches:
   c1 created 5 Mar; first visit 2 Mar with utm Spring (and its page view),
      event with utm webinar 10 Mar; MQL 12 Mar, opportunity 20 Mar; deal O1
      opened 20 Mar, won 25 Mar for 9000 (campaign automatic).
-  c2 created 8 Mar; first visit 8 Mar (webinar); human click on the webinar
+  c2 created 8 Mar; first visit 8 Mar (webinar, and its page view); human click on the webinar
      email 15 Mar; MQL 16 Mar; opportunity 22 Mar; deal O2 lost.
   c3 created 9 Mar, no touches; a webinar email only machines opened and
      clicked; MQL 11 Mar.
-  c4 created 20 Feb; first visit 18 Feb (idle); event 3 Mar (spring); MQL
+  c4 created 20 Feb; first visit 18 Feb (idle, and its page view); event 3 Mar (spring); MQL
      4 Mar; deal O3 opened 6 Mar with campaign C chosen by hand, won 30 Mar, 2000.
   c5 created 20 Mar, no touches. c6 created 1 Feb, nothing else.
   Visitors without contact: a bot with utm spring (not counted), and v6 on
@@ -30,6 +30,7 @@ from fractions import Fraction
 
 import pytest
 
+from automation import rollups
 from automation.report_tables import (
     CostPeriod,
     campaign_cost,
@@ -147,8 +148,10 @@ def build_dataset() -> Dataset:
     v1 = visitor("v1", 1, at(3, 2), "Spring")
     event(v1, 1, at(3, 2), "spring")
     event(v1, 1, at(3, 10), "webinar")
-    visitor("v2", 2, at(3, 8, 9), "webinar")
+    v2 = visitor("v2", 2, at(3, 8, 9), "webinar")
+    event(v2, 2, at(3, 8, 9), "webinar")  # a first visit is an event too
     v4 = visitor("v4", 4, at(2, 18), "idle")
+    event(v4, 4, at(2, 18), "idle")
     event(v4, 4, at(3, 3), "spring")
     v5 = visitor("v5", None, at(3, 5), "spring", bot=True)
     event(v5, None, at(3, 5), "spring", bot=True)
@@ -261,6 +264,10 @@ def build_dataset() -> Dataset:
         unsubscribed_at=at(3, 7),
     )
     db.session.commit()
+    # Events were written straight to the table: count them into the daily rollups the
+    # way ingestion would have.
+    with db.engine.begin() as conn:
+        rollups.rebuild(conn, date(2026, 2, 1), date(2026, 4, 30))
     return Dataset(a.id, b.id, c.id)
 
 

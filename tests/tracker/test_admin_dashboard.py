@@ -178,3 +178,10 @@ def test_bar_widths_follow_the_values() -> None:
     text = str(bar_chart([("a", 100), ("b", 50), ("c", 0)], "t", width=640))
     widths = [int(w) for w in re.findall(r'<rect x="\d+" y="\d+" width="(\d+)"', text)]
     assert widths == [410, 205, 0]
+
+
+def test_the_rollups_keep_every_offered_period_ready():
+    from automation.rollups import WINDOWS
+    from tracker.admin.dashboard import PERIODS
+
+    assert tuple(PERIODS) == WINDOWS
