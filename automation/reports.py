@@ -229,25 +229,56 @@ EMAIL_COLUMNS = (
 )
 """The email table's counters, as the CSV names them."""
 
+NO_SEGMENT = "(no segment)"
+"""The segment row of messages sent to no segment: sequences entered otherwise, tests."""
+
+SEGMENT_ENTRY = "joined segment %"
+"""The cause of an enrolment made by joining the sequence's entry segment (LIKE pattern).
+
+`automation.sequence_runner.enrol_joined` writes it; threshold actions, not-ready
+leads and manual enrolments write other causes.
+"""
+
 
 @dataclass
 class EmailRow:
-    """One group of messages: a template variant, or a sequence step's template variant."""
+    """One group of messages: a template variant, a sequence step's template variant, a segment."""
 
     template: str
     variant: str
     sequence: str = ""
     step: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    segment: str = ""
 
 
 @dataclass
 class EmailReport:
-    """Email performance per template and variant, and per sequence step."""
+    """Email performance per template and variant, per sequence step, and per segment."""
 
     period: Period
     by_template: list[EmailRow]
     by_step: list[EmailRow]
+    by_segment: list[EmailRow] = field(default_factory=list)
+
+
+def _message_segments() -> Any:
+    """Each message's segment id: its broadcast's target segment, or for a sequence message
+    the sequence's entry segment when the contact entered by joining it; else NULL."""
+    segment_id = case(
+        (Message.broadcast_id.is_not(None), Broadcast.segment_id),
+        (Enrolment.cause.like(SEGMENT_ENTRY), Sequence.entry_segment_id),
+        else_=None,
+    )
+    # A subquery, so the groups below use a plain column (PostgreSQL will not match a
+    # CASE with bound parameters in SELECT to the one in GROUP BY).
+    return (
+        select(Message.id.label("message_id"), segment_id.label("segment_id"))
+        .outerjoin(Broadcast, Broadcast.id == Message.broadcast_id)
+        .outerjoin(Enrolment, Enrolment.id == Message.enrolment_id)
+        .outerjoin(Sequence, Sequence.id == Enrolment.sequence_id)
+        .subquery()
+    )
 
 
 def email_report(period: Period) -> EmailReport:
@@ -279,9 +310,21 @@ def email_report(period: Period) -> EmailReport:
         .join(Sequence, Sequence.id == Enrolment.sequence_id)
         .group_by(*step_key)
     )
+    segments = _message_segments()
+    segment_key = (segments.c.segment_id, Segment.name)
+    by_segment = (
+        base.add_columns(*segment_key, *counters)
+        .join(segments, segments.c.message_id == Message.id)
+        .outerjoin(Segment, Segment.id == segments.c.segment_id)
+        .group_by(*segment_key)
+    )
     mqls = _mqls_after_clicks(period)
 
-    def row_of(values: Any, width: int, template_only: bool) -> EmailRow:
+    widths = {"template": len(template_key), "step": len(step_key), "segment": len(segment_key)}
+
+    def row_of(values: Any, group: str) -> EmailRow:
+        """A row from a query's values: the group's key columns, then the counters."""
+        width = widths[group]
         key, numbers = values[:width], [int(n) for n in values[width:]]
         sent, bounced, opened, opens, m_opens, clicked, clicks, m_clicks, unsub = numbers
         counts = dict(
@@ -302,7 +345,11 @@ def email_report(period: Period) -> EmailReport:
                 strict=False,
             )
         )
-        if template_only:
+        if group == "segment":
+            segment_id, segment = key
+            counts["mqls"] = len(mqls["segment"].get((segment_id,), ()))
+            return EmailRow("", "", counts=counts, segment=segment or NO_SEGMENT)
+        if group == "template":
             template_id, template, variant = key
             counts["mqls"] = len(mqls["template"].get((template_id, variant), ()))
             return EmailRow(template, variant, counts=counts)
@@ -310,22 +357,27 @@ def email_report(period: Period) -> EmailReport:
         counts["mqls"] = len(mqls["step"].get((sequence_id, step, template_id, variant), ()))
         return EmailRow(template, variant, sequence, step, counts)
 
-    templates = [row_of(r, 3, True) for r in db.session.execute(by_template)]
-    steps = [row_of(r, 6, False) for r in db.session.execute(by_step)]
+    templates = [row_of(r, "template") for r in db.session.execute(by_template)]
+    steps = [row_of(r, "step") for r in db.session.execute(by_step)]
+    per_segment = [row_of(r, "segment") for r in db.session.execute(by_segment)]
     templates.sort(key=lambda r: (r.template, r.variant))
     steps.sort(key=lambda r: (r.sequence, r.step or 0, r.template, r.variant))
-    return EmailReport(period, templates, steps)
+    # Named segments alphabetically, then the messages sent to none.
+    per_segment.sort(key=lambda r: (r.segment == NO_SEGMENT, r.segment.casefold()))
+    return EmailReport(period, templates, steps, per_segment)
 
 
 def _mqls_after_clicks(period: Period) -> dict[str, dict[tuple[Any, ...], set[int]]]:
     """Contacts who became MQL within `MQL_AFTER_CLICK` of a human click, per message group."""
     tried = func.coalesce(Message.sent_at, Message.bounced_at)
+    segments = _message_segments()
     query = (
         select(
             Message.template_id,
             Message.variant,
             Enrolment.sequence_id,
             Message.step,
+            segments.c.segment_id,
             Message.contact_id,
             Message.clicked_at,
             StageChange.created_at,
@@ -339,15 +391,24 @@ def _mqls_after_clicks(period: Period) -> dict[str, dict[tuple[Any, ...], set[in
             ),
         )
         .outerjoin(Enrolment, Enrolment.id == Message.enrolment_id)
+        .join(segments, segments.c.message_id == Message.id)
         .where(Message.clicked_at.is_not(None), tried.is_not(None), period.where(tried))
     )
-    found: dict[str, dict[tuple[Any, ...], set[int]]] = {"template": {}, "step": {}}
-    for template_id, variant, sequence_id, step, contact_id, clicked, became in db.session.execute(
-        query
-    ):
+    found: dict[str, dict[tuple[Any, ...], set[int]]] = {"template": {}, "step": {}, "segment": {}}
+    for (
+        template_id,
+        variant,
+        sequence_id,
+        step,
+        segment_id,
+        contact_id,
+        clicked,
+        became,
+    ) in db.session.execute(query):
         if as_utc(became) - as_utc(clicked) > MQL_AFTER_CLICK:
             continue
         found["template"].setdefault((template_id, variant), set()).add(contact_id)
+        found["segment"].setdefault((segment_id,), set()).add(contact_id)
         if sequence_id is not None:
             found["step"].setdefault((sequence_id, step, template_id, variant), set()).add(
                 contact_id

@@ -86,7 +86,7 @@ def report_roi() -> Response:
 @bp.get("/reports/email")
 @roles("marketer")
 def report_email() -> Response:
-    """Email performance per template and variant, and per sequence step."""
+    """Email performance per template and variant, per sequence step, and per segment."""
     from automation.reports import EMAIL_COLUMNS, email_report
 
     typed, errors, period = _period_args()
@@ -94,16 +94,18 @@ def report_email() -> Response:
         return _page("email.html", 400, report=None, typed=typed, errors=errors)
     report = email_report(period)
     if _wants_csv():
-        header = ("sequence", "step", "template", "variant", *EMAIL_COLUMNS)
+        # The three tables one after the other; a row fills the key columns of its table.
+        header = ("segment", "sequence", "step", "template", "variant", *EMAIL_COLUMNS)
         rows = [
             [
+                r.segment,
                 r.sequence,
                 None if r.step is None else r.step + 1,
                 r.template,
                 r.variant,
                 *(r.counts[c] for c in EMAIL_COLUMNS),
             ]
-            for r in (*report.by_template, *report.by_step)
+            for r in (*report.by_template, *report.by_step, *report.by_segment)
         ]
         return _csv("email", period, header, rows)
     return _page("email.html", report=report, columns=EMAIL_COLUMNS, typed=typed, errors={})
