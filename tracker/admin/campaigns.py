@@ -1,4 +1,4 @@
-"""Campaigns in the admin: list, create, edit (codes, emails, sequences, dates, costs)."""
+"""Campaigns in the admin: list, create, edit (codes, emails, sequences, dates, costs), delete."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.datastructures import MultiDict
 
 from tracker.admin import bp
+from tracker.admin.deleting import delete_page
 from tracker.auth import roles
 from tracker.db import db
 from tracker.email_models import EmailTemplate, Sequence
@@ -357,3 +358,21 @@ def campaign_edit(campaign_id: int) -> Response:
         .order_by(CampaignCost.starts_on)
     ).all()
     return _render(CampaignForm.of(campaign, list(costs)), campaign)
+
+
+@bp.route("/campaigns/<int:campaign_id>/delete", methods=["GET", "POST"])
+@roles("marketer")
+def campaign_delete(campaign_id: int) -> Response:
+    """Delete a campaign and its cost periods, after a confirmation page; its opportunities
+    are attributed automatically again."""
+    from automation.removal_records import plan_campaign
+
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None:
+        abort(404)
+    now = utcnow()
+    return delete_page(
+        lambda conn: plan_campaign(conn, campaign.id, now),
+        back=url_for("admin.campaign_edit", campaign_id=campaign.id),
+        done=url_for("admin.campaigns"),
+    )

@@ -1,8 +1,8 @@
-"""Segments in the admin: member counts, the rule tree as YAML, and a live preview."""
+"""Segments in the admin: member counts, the rule tree as YAML, a live preview, deleting."""
 
 from __future__ import annotations
 
-from flask import Response, render_template, request
+from flask import Response, render_template, request, url_for
 from sqlalchemy import func, select
 
 from tracker.admin import bp
@@ -17,6 +17,7 @@ from tracker.admin.configure import (
     row_or_404,
     wrap_item,
 )
+from tracker.admin.deleting import delete_page
 from tracker.auth import roles
 from tracker.automation_models import Segment, SegmentMember
 from tracker.db import db
@@ -105,3 +106,17 @@ def segment_new() -> Response | str:
 def segment_edit(item_id: int) -> Response | str:
     """Edit a segment's rule tree; a change is rebuilt by a worker."""
     return _segment_page(row_or_404(Segment, item_id))
+
+
+@bp.route("/segments/<int:item_id>/delete", methods=["GET", "POST"])
+@roles("marketer")
+def segment_delete(item_id: int) -> Response:
+    """Delete a segment and its memberships, after a confirmation page; 409 while it is used."""
+    from automation.removal_config import plan_segment
+
+    row = row_or_404(Segment, item_id)
+    return delete_page(
+        lambda conn: plan_segment(conn, row.id),
+        back=url_for("admin.segment_edit", item_id=row.id),
+        done=url_for("admin.segments_list"),
+    )

@@ -1,4 +1,4 @@
-"""Sites in the admin: the tag to paste, allowed domains, privacy settings and time zone."""
+"""Sites in the admin: the tag to paste, allowed domains, privacy settings, time zone, deleting."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from tracker.admin import bp
 from tracker.admin.configure import row_or_404
+from tracker.admin.deleting import delete_page
 from tracker.auth import roles
 from tracker.db import db
 from tracker.models import Site
@@ -139,3 +140,17 @@ def site_edit(site_id: int) -> Response | str:
     )
     db.session.commit()
     return redirect(url_for("admin.site_edit", site_id=site.id, saved=1))
+
+
+@bp.route("/sites/<int:site_id>/delete", methods=["GET", "POST"])
+@roles("admin")
+def site_delete(site_id: int) -> Response:
+    """Delete a site that collected nothing and nothing names, after a confirmation page."""
+    from automation.removal_records import plan_site
+
+    site = row_or_404(Site, site_id)
+    return delete_page(
+        lambda conn: plan_site(conn, site.id),
+        back=url_for("admin.site_edit", site_id=site.id),
+        done=url_for("admin.sites_list"),
+    )

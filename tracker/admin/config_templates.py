@@ -3,7 +3,8 @@
 The form's fields become a rules file's `templates` item and go through the
 same parser and save as `automation load` (a new version only when the
 content changed). The preview renders the current version, untracked, for a
-chosen contact or the sample one; the test send is `mail test`'s.
+chosen contact or the sample one; the test send is `mail test`'s. Deleting
+one is refused once it sent mail, or while something sends it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import func, select, update
 
 from tracker.admin import bp
 from tracker.admin.configure import SECTIONS, ItemRefused, row_or_404, save_item
+from tracker.admin.deleting import delete_page
 from tracker.auth import roles
 from tracker.db import db
 from tracker.email_models import EmailTemplate, Message, TemplateVersion
@@ -326,3 +328,20 @@ def template_test(template_id: int) -> Response:
         return _editor(template, typed, 400, errors={e.field: str(e)}, to=to_addr, contact=contact)
     preview = render_preview(template.id, "", variant)
     return _editor(template, typed, sent=sent, preview=preview, to=to_addr, contact=contact)
+
+
+@bp.route("/templates/<int:template_id>/delete", methods=["GET", "POST"])
+@roles("marketer")
+def template_delete(template_id: int) -> Response:
+    """Delete a template that never sent mail and nothing sends, after a confirmation page."""
+    from automation.removal_config import plan_template
+    from automation.render import forget_versions
+
+    template = row_or_404(EmailTemplate, template_id)
+    return delete_page(
+        lambda conn: plan_template(conn, template.id),
+        back=url_for("admin.template_edit", template_id=template.id),
+        done=url_for("admin.templates_list"),
+        # SQLite may give a deleted version's id to the next one: drop what was compiled.
+        after=forget_versions,
+    )

@@ -1,7 +1,8 @@
-"""Users in the admin: create, deactivate and reactivate, reset passwords, unlock.
+"""Users in the admin: create, deactivate and reactivate, reset passwords, unlock, delete.
 
 A generated password is shown once, on the page that answers the form, and
-never stored but as its hash; no page shows a hash.
+never stored but as its hash; no page shows a hash. Deleting a user hands
+their leads and opportunities to someone else, or leaves them unowned.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from sqlalchemy import select
 
 from tracker.admin import bp
 from tracker.admin.configure import row_or_404
+from tracker.admin.deleting import Choice, Offer, delete_page
+from tracker.admin.opportunities import owners
 from tracker.auth import MIN_PASSWORD, ROLES, current_user, hash_password, new_password, roles
 from tracker.db import db
 from tracker.models import User, as_utc, utcnow
@@ -117,3 +120,43 @@ def user_action(user_id: int, action: str) -> Response | str:
         )
     db.session.commit()
     return redirect(url_for("admin.users_list", saved=1))
+
+
+def _heir(raw: str | None, allowed: set[int]) -> int | None:
+    """Whom the deleted user's leads go to: None for nobody, else one of `allowed` (or 400)."""
+    text = (raw or "").strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) not in allowed:
+        abort(400, "choose whom their leads and opportunities go to from the list, or nobody")
+    return int(text)
+
+
+@bp.route("/users/<int:user_id>/delete", methods=["GET", "POST"])
+@roles("admin")
+def user_delete(user_id: int) -> Response:
+    """Delete another user after a confirmation page: not yourself, nor the last admin."""
+    from automation.removal_records import plan_user
+
+    user = row_or_404(User, user_id)
+    heirs = [u for u in owners() if u.id != user.id]
+    hand_to = _heir(request.form.get("hand_to"), {u.id for u in heirs})
+    actor_id, now = current_user().id, utcnow()
+    return delete_page(
+        lambda conn: plan_user(conn, user.id, actor_id, hand_to, now),
+        back=url_for("admin.users_list"),
+        done=url_for("admin.users_list"),
+        offer=Offer(
+            "Deactivate instead",
+            url_for("admin.user_action", user_id=user.id, action="deactivate"),
+            "Deactivated, they cannot log in or be handed leads; what they own and wrote stays "
+            "theirs, and an admin can reactivate them.",
+        ),
+        choice=Choice(
+            "hand_to",
+            "Hand their leads and opportunities to",
+            [("", "nobody (they show as unowned)")]
+            + [(str(u.id), f"{u.name} ({u.role})") for u in heirs],
+            str(hand_to or ""),
+        ),
+    )

@@ -17,15 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from flask import Response, abort, redirect, render_template, request, url_for
+from flask import Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 from sqlalchemy.exc import DataError
 
 from tracker.admin import bp
+from tracker.admin.deleting import Offer, delete_page
 from tracker.auth import current_user, roles
 from tracker.automation_models import DecayPolicy, ScoringRule, Segment, Threshold, Webhook
 from tracker.db import db
 from tracker.email_models import EmailTemplate, Sequence
+from tracker.models import utcnow
 
 MAX_ITEM_CHARS = 200_000
 """Longest item text a form may send (a template's HTML included)."""
@@ -117,6 +119,21 @@ SECTIONS: dict[str, Section] = {
 
 PLAIN_SECTIONS = ("rules", "thresholds", "decay", "webhooks")
 """The sections whose list and edit pages are the generic ones of this module."""
+
+DELETE_PLANS = {
+    "rules": "plan_rule",
+    "thresholds": "plan_threshold",
+    "decay": "plan_decay",
+    "webhooks": "plan_webhook",
+}
+"""Per plain section, the `automation.removal_config` function that plans a deletion."""
+
+DISABLED = {
+    "rules": "it awards no more points",
+    "thresholds": "it fires no more",
+    "decay": "nothing fades by it any more",
+}
+"""The plain sections whose items can be switched off, and what that means."""
 
 
 @dataclass(frozen=True)
@@ -364,6 +381,8 @@ def edit_page(
 ) -> Response | str:
     """GET: the item's YAML in a form; POST: save it, or show the problems (400)."""
     name = row.name if row is not None else None
+    if row is not None:
+        extra.setdefault("delete_url", _delete_url(info.key, row.id))
     if request.method == "GET":
         item = exported_item(info.key, name) if name is not None else None
         text = item_text(item) if item is not None else info.example
@@ -377,3 +396,52 @@ def edit_page(
     if info.key in PLAIN_SECTIONS:
         return redirect(url_for(endpoint, section=info.key, item_id=saved_id, saved=1))
     return redirect(url_for(endpoint, item_id=saved_id, saved=1))
+
+
+def _delete_url(section: str, item_id: int) -> str | None:
+    """Where the item's delete page is (None: this module gives its section none)."""
+    if section in DELETE_PLANS:
+        return url_for("admin.config_item_delete", section=section, item_id=item_id)
+    if section == "segments":
+        return url_for("admin.segment_delete", item_id=item_id)
+    return None
+
+
+@bp.route("/configure/<section>/<int:item_id>/delete", methods=["GET", "POST"])
+@roles("marketer")
+def config_item_delete(section: str, item_id: int) -> Response:
+    """Delete an item after a confirmation page (GET deletes nothing); 409 while it is needed."""
+    from automation import removal_config
+
+    info = _section_or_404(section)
+    row = row_or_404(info.model, item_id)
+    plan = getattr(removal_config, DELETE_PLANS[section])
+    offer = None
+    if section in DISABLED:
+        offer = Offer(
+            "Disable it instead",
+            url_for("admin.config_item_disable", section=section, item_id=row.id),
+            f"Disabled, {DISABLED[section]}, and everything it did stays as it is.",
+        )
+    return delete_page(
+        lambda conn: plan(conn, row.id),
+        back=url_for("admin.config_item", section=section, item_id=row.id),
+        done=url_for("admin.config_items", section=section),
+        offer=offer,
+    )
+
+
+@bp.post("/configure/<section>/<int:item_id>/disable")
+@roles("marketer")
+def config_item_disable(section: str, item_id: int) -> Response:
+    """Switch an item off (what a scoring rule with history gets instead of deletion)."""
+    info = _section_or_404(section)
+    if section not in DISABLED:
+        abort(404)
+    row = row_or_404(info.model, item_id)
+    row.enabled = False
+    if hasattr(row, "updated_at"):
+        row.updated_at = utcnow()
+    db.session.commit()
+    flash(f"Disabled the {info.what} {row.name!r}: {DISABLED[section]}.")
+    return redirect(url_for("admin.config_item", section=section, item_id=row.id))
