@@ -8,20 +8,22 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from flask import Response, abort, redirect, render_template, request, url_for
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import aliased
 
 from tracker.admin import bp
+from tracker.admin.deleting import delete_page
 from tracker.auth import current_user, roles
 from tracker.db import db
 from tracker.models import Contact, User, as_utc, utcnow
+from tracker.paging import BadCursor, Kind, Page, SortKey, keyset_page, read_cursor
 from tracker.sales_models import Campaign, Opportunity
 
 STAGES = ("open", "won", "lost")
 AUTO = "auto"  # the same value as automation.sales.AUTO (tracker never imports it at load)
 MAX_AMOUNT = Decimal("999999999999.99")  # Numeric(14, 2)
-LIST_LIMIT = 200
-"""Most opportunities listed at once (the totals count them all)."""
+LIST_ORDER: tuple[Kind, ...] = ("int", "int", "date", "int")
+"""Kinds of the list's sort keys: open first, dated first, by expected close, by id."""
 
 
 def money(amount: Decimal | int | None) -> str:
@@ -176,8 +178,13 @@ def opportunities() -> tuple[str, int] | str:
             if owner == "none"
             else Opportunity.owner_id == int(owner)
         )
+    cursor = None
+    try:
+        cursor = read_cursor(request.args, LIST_ORDER)
+    except BadCursor as e:
+        errors["page"] = str(e)
     totals = {name: (0, Decimal(0)) for name in STAGES}
-    rows: list[Any] = []
+    listed = Page([], 0, 0, None, None)
     if not errors:
         for name, count, amount in db.session.execute(
             select(Opportunity.stage, func.count(), func.coalesce(func.sum(Opportunity.amount), 0))
@@ -186,25 +193,34 @@ def opportunities() -> tuple[str, int] | str:
         ):
             totals[name] = (count, Decimal(amount))
         owner_user = aliased(User)
-        rows = db.session.execute(
+        query = (
             select(Opportunity, Contact, owner_user.name, Campaign.name)
             .outerjoin(Contact, Contact.id == Opportunity.contact_id)
             .outerjoin(owner_user, owner_user.id == Opportunity.owner_id)
             .outerjoin(Campaign, Campaign.id == Opportunity.campaign_id)
             .where(*conditions)
-            .order_by(Opportunity.stage != "open", Opportunity.expected_close, Opportunity.id)
-            .limit(LIST_LIMIT)
-        ).all()
+        )
+        # Open deals first, soonest expected close first, deals without a date after the
+        # dated ones (spelled out: SQLite and PostgreSQL put NULLs at opposite ends).
+        closed, undated, close, by_id = LIST_ORDER
+        order = [
+            SortKey(case((Opportunity.stage == "open", 0), else_=1), closed),
+            SortKey(case((Opportunity.expected_close.is_(None), 1), else_=0), undated),
+            SortKey(func.coalesce(Opportunity.expected_close, literal(date.min)), close),
+            SortKey(Opportunity.id, by_id),
+        ]
+        listed = keyset_page(query, order, cursor)
     page = render_template(
         "admin/sales/opportunities.html",
-        rows=rows,
+        rows=listed.rows,
+        listed=listed,
+        keep={"stage": stage, "owner": owner},
         totals=totals,
         stage=stage,
         owner=owner,
         owners=owners(),
         stages=STAGES,
         errors=errors,
-        limit=LIST_LIMIT,
         money=money,
         contact_label=contact_label,
         may_edit=_may_edit,
@@ -293,3 +309,21 @@ def opportunity(opportunity_id: int) -> Response | tuple[str, int] | str:
         # Handed to someone else: this user may not open it any more.
         return redirect(url_for("admin.opportunities"))
     return redirect(url_for("admin.opportunity", opportunity_id=opportunity_id, saved=1))
+
+
+@bp.route("/opportunities/<int:opportunity_id>/delete", methods=["GET", "POST"])
+@roles("sales")
+def opportunity_delete(opportunity_id: int) -> Response:
+    """Delete an opportunity its owner (or an admin) may edit, after a confirmation page."""
+    from automation.removal_records import plan_opportunity
+
+    found = db.session.get(Opportunity, opportunity_id)
+    if found is None:
+        abort(404)
+    if not _may_edit(found.owner_id):
+        abort(403, "this opportunity belongs to someone else")
+    return delete_page(
+        lambda conn: plan_opportunity(conn, found.id),
+        back=url_for("admin.opportunity", opportunity_id=found.id),
+        done=url_for("admin.opportunities"),
+    )

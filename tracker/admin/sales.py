@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,10 +20,8 @@ from tracker.db import db
 from tracker.email_models import Enrolment
 from tracker.email_models import Sequence as NurtureSequence
 from tracker.models import Contact, Event, User, as_utc, utcnow
+from tracker.paging import BadCursor, Cursor, Kind, Page, SortKey, keyset_page, read_cursor
 from tracker.sales_models import LeadAction, Opportunity
-
-QUEUE_LIMIT = 200
-"""Most leads one queue page lists."""
 
 POINTS_SHOWN = 5
 """Recent point awards shown per lead in the queue (the lead's page shows more)."""
@@ -99,31 +98,48 @@ def recent_points(contact_ids: Sequence[int], per_contact: int) -> dict[int, lis
     return found
 
 
-def lead_queue(owner: int | str | None, stages: Sequence[str] = ("mql",)) -> list[dict[str, Any]]:
-    """Leads in `stages`, oldest MQL first, with why they qualified and their recent points.
+QUEUE_ORDER: tuple[Kind, Kind] = ("time", "int")
+"""The kinds of the queues' sort keys: when the lead became an MQL, then its id."""
+
+
+def _queue_order(mql: Any) -> list[SortKey]:
+    """Oldest MQL first: when the contact became an MQL (else was created), then its id."""
+    since, contact_id = QUEUE_ORDER
+    return [
+        SortKey(func.coalesce(mql.c.at, Contact.created_at), since),
+        SortKey(Contact.id, contact_id),
+    ]
+
+
+def lead_queue(
+    owner: int | str | None,
+    stages: Sequence[str] = ("mql",),
+    cursor: Cursor | None = None,
+    prefix: str = "",
+) -> Page:
+    """A page of leads in `stages`, oldest MQL first, with why they qualified and recent points.
 
     `owner` is a user id, "none" for unassigned leads, or None for everyone's.
+    The page's rows are dicts: contact, label, mql_at, owner, cause, points.
     """
     mql = _mql_times()
-    since = func.coalesce(mql.c.at, Contact.created_at)
+    order = _queue_order(mql)
     owner_user = aliased(User)
     query = (
-        select(Contact, since.label("mql_at"), owner_user.name)
+        select(Contact, order[0].expression.label("mql_at"), owner_user.name)
         .outerjoin(mql, mql.c.contact_id == Contact.id)
         .outerjoin(owner_user, owner_user.id == Contact.owner_id)
         .where(Contact.stage.in_(stages))
-        .order_by(since, Contact.id)
-        .limit(QUEUE_LIMIT)
     )
     if owner == "none":
         query = query.where(Contact.owner_id.is_(None))
     elif owner is not None:
         query = query.where(Contact.owner_id == owner)
-    rows = db.session.execute(query).all()
-    ids = [contact.id for contact, _, _ in rows]
+    page = keyset_page(query, order, cursor, prefix=prefix)
+    ids = [contact.id for contact, _, _ in page.rows]
     causes = _latest_causes(ids) if ids else {}
     points = recent_points(ids, POINTS_SHOWN)
-    return [
+    leads = [
         {
             "contact": contact,
             "label": contact_label(contact),
@@ -132,8 +148,17 @@ def lead_queue(owner: int | str | None, stages: Sequence[str] = ("mql",)) -> lis
             "cause": causes.get(contact.id),
             "points": points.get(contact.id, []),
         }
-        for contact, mql_at, owner_name in rows
+        for contact, mql_at, owner_name in page.rows
     ]
+    return replace(page, rows=leads)
+
+
+def _cursor(prefix: str = "") -> Cursor | None:
+    """The page cursor of a queue in the request; a hand-edited one is a 400, never a 500."""
+    try:
+        return read_cursor(request.args, QUEUE_ORDER, prefix)
+    except BadCursor as e:
+        abort(400, str(e))
 
 
 def _owner_filter(user: User) -> tuple[int | str | None, str]:
@@ -154,13 +179,21 @@ def leads() -> str:
     """My leads: MQLs waiting for a decision, then accepted leads (SQLs) still being worked."""
     user = current_user()
     owner, chosen = _owner_filter(user)
+    waiting = lead_queue(owner, ("mql",), _cursor("waiting_"), "waiting_")
+    accepted = lead_queue(owner, ("sql",), _cursor("accepted_"), "accepted_")
+    # A link pages one queue and keeps the owner filter and where the other queue is.
+    cursors = [f"{queue}_{d}" for queue in ("waiting", "accepted") for d in ("after", "before")]
+    keep = {
+        "owner": chosen if user.role == "admin" else None,
+        **{name: request.args.get(name) for name in cursors},
+    }
     return render_template(
         "admin/sales/leads.html",
-        waiting=lead_queue(owner, ("mql",)),
-        accepted=lead_queue(owner, ("sql",)),
+        waiting=waiting,
+        accepted=accepted,
+        keep=keep,
         owner=chosen,
         owners=owners() if user.role == "admin" else [],
-        limit=QUEUE_LIMIT,
         when=when,
     )
 
@@ -295,28 +328,34 @@ def health_pairs(since: datetime) -> list[tuple[int, int | None, datetime, datet
     ]
 
 
-def untouched_mqls() -> list[dict[str, Any]]:
-    """Contacts in stage mql with no lead action since they became MQL, oldest first."""
+def untouched_mqls(cursor: Cursor | None = None) -> Page:
+    """A page of contacts in stage mql with no lead action since they became MQL, oldest first.
+
+    The page's rows are dicts: contact, label, mql_at, owner.
+    """
     mql = _mql_times()
-    since = func.coalesce(mql.c.at, Contact.created_at)
+    order = _queue_order(mql)
+    since = order[0].expression
     acted = (
         select(LeadAction.id)
         .where(LeadAction.contact_id == Contact.id, LeadAction.created_at >= since)
         .exists()
     )
     owner_user = aliased(User)
-    rows = db.session.execute(
+    query = (
         select(Contact, since.label("mql_at"), owner_user.name)
         .outerjoin(mql, mql.c.contact_id == Contact.id)
         .outerjoin(owner_user, owner_user.id == Contact.owner_id)
         .where(Contact.stage == "mql", ~acted)
-        .order_by(since, Contact.id)
-        .limit(QUEUE_LIMIT)
-    ).all()
-    return [
-        {"contact": c, "label": contact_label(c), "mql_at": as_utc(at), "owner": name}
-        for c, at, name in rows
-    ]
+    )
+    page = keyset_page(query, order, cursor)
+    return replace(
+        page,
+        rows=[
+            {"contact": c, "label": contact_label(c), "mql_at": as_utc(at), "owner": name}
+            for c, at, name in page.rows
+        ],
+    )
 
 
 @bp.get("/leads/health")
@@ -341,7 +380,7 @@ def leads_health() -> str:
         ),
         key=lambda item: item[0].casefold(),
     )
-    untouched = untouched_mqls()
+    untouched = untouched_mqls(_cursor())
     return render_template(
         "admin/sales/health.html",
         overall=overall,
@@ -351,5 +390,4 @@ def leads_health() -> str:
         days=WINDOW_DAYS,
         now=now,
         when=when,
-        limit=QUEUE_LIMIT,
     )
