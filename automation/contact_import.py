@@ -363,18 +363,20 @@ def import_contacts(
     progress: Progress | None = None,
     dry_run: bool = False,
     batch: int = BATCH,
+    summary: ImportSummary | None = None,
 ) -> tuple[ImportSummary, list[int]]:
     """Import every valid row, `batch` rows per transaction; return the summary and the
     action runs left queued (for the caller to enqueue after the commits).
 
     `cause` is logged on stage changes (`import: contacts.csv`). A dry run reads
-    the database to tell new from existing contacts and writes nothing.
+    the database to tell new from existing contacts and writes nothing. Pass a
+    `summary` to count into it (a progress callback can then read it).
     """
     problems = check_mapping(mapping)
     if problems:
         raise ImportFileError("; ".join(problems))
     total = count_records(source)
-    summary = ImportSummary()
+    summary = ImportSummary() if summary is None else summary
     queued: list[int] = []
     with engine.connect() as conn:
         owners = owner_emails(conn)

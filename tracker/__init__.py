@@ -12,6 +12,7 @@ from tracker import (  # noqa: F401 - the models register their tables
     config,
     email_models,
     errors,
+    import_models,
     redis_conn,
     sales_models,
 )

@@ -23,9 +23,13 @@ events_cli = AppGroup("events", help="Raw events: retention.")
 )
 @click.option("--dry-run", is_flag=True, help="Check every row and count, change nothing.")
 def contacts_import(path: str, choices: tuple[str, ...], dry_run: bool) -> None:
-    """Create or update contacts from a CSV file (deduplicated by email), with a progress bar."""
+    """Create or update contacts from a CSV file (deduplicated by email), with a progress bar.
+
+    The import is kept in the history the admin's import page lists (a dry run is not).
+    """
     from automation.contact_import import (
         ImportFileError,
+        ImportSummary,
         check_mapping,
         decode,
         detect_mapping,
@@ -33,8 +37,15 @@ def contacts_import(path: str, choices: tuple[str, ...], dry_run: bool) -> None:
         override,
     )
     from automation.dispatch import enqueue_action_runs
+    from automation.import_history import (
+        ProgressRecorder,
+        record_done,
+        record_failed,
+        record_started,
+    )
     from tracker.cli import printable
     from tracker.db import db
+    from tracker.models import utcnow
     from tracker.redis_conn import get_redis
 
     pairs = {}
@@ -53,23 +64,39 @@ def contacts_import(path: str, choices: tuple[str, ...], dry_run: bool) -> None:
         raise click.ClickException("nothing was imported:\n" + "\n".join(problems))
     for header, target in zip(source.headers, mapping, strict=True):
         click.echo(f"  {printable(header) or '(no name)'} -> {target}")
+    engine, name = db.engine, Path(path).name
+    summary = ImportSummary()
+    token = None if dry_run else record_started(engine, name, 0, utcnow())
+    recorder = None if token is None else ProgressRecorder(engine, token, summary)
     with click.progressbar(length=1, label="importing" if not dry_run else "checking") as bar:
 
         def progress(done: int, total: int) -> None:
             bar.length = max(total, 1)
             bar.update(done - bar.pos)
+            if recorder is not None:
+                recorder(done, total)
 
         try:
-            summary, queued = import_contacts(
-                db.engine,
+            _, queued = import_contacts(
+                engine,
                 source,
                 mapping,
-                f"import: {Path(path).name}",
+                f"import: {name}",
                 progress=progress,
                 dry_run=dry_run,
+                summary=summary,
             )
+        except BaseException as e:
+            if token is not None:
+                failure = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+                record_failed(engine, token, f"{type(e).__name__}: {failure}", utcnow(), recorder)
+            if isinstance(e, ImportFileError):
+                raise click.ClickException(f"{path}: {e}") from e
+            raise
         finally:
             db.session.remove()
+    if token is not None:
+        record_done(engine, token, summary, utcnow())
     enqueue_action_runs(get_redis(), queued)
     verb = "would be" if dry_run else "were"
     click.echo(
@@ -81,6 +108,8 @@ def contacts_import(path: str, choices: tuple[str, ...], dry_run: bool) -> None:
         click.echo(f"  line {line}: {printable(message)}")
     if summary.skipped > 100:
         click.echo(f"  … and {summary.skipped - 100} more")
+    if token is not None:
+        click.echo(f"kept in the import history: /admin/import/{token}")
 
 
 @events_cli.command("purge")

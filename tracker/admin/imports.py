@@ -1,8 +1,11 @@
 """Contact import in the admin: upload a CSV, check the mapping, run it as a job, read the summary.
 
-The file and the import's progress live in Redis (`automation.import_uploads`),
-so the page works whichever web node answers and whichever worker runs the job.
-An import belongs to who uploaded it (and admins).
+The uploaded file waits in Redis (`automation.import_uploads`), so the preview
+works whichever web node answers and whichever worker runs the job. Once
+started, an import is a row of the history in the database
+(`tracker.import_models`): its page reads that row, during the run and for good
+after. An import belongs to who uploaded it (and admins); imports made on the
+command line are everyone's to read.
 """
 
 from __future__ import annotations
@@ -10,10 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, abort, redirect, render_template, request, url_for
+from sqlalchemy import or_, select, true
+from sqlalchemy.orm import defer
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from tracker.admin import bp
+from tracker.admin.opportunities import when
 from tracker.auth import current_user, roles
+from tracker.db import db
+from tracker.import_models import ContactImport
+from tracker.models import User, utcnow
+from tracker.paging import BadCursor, Kind, Page, SortKey, keyset_page, read_cursor
 from tracker.redis_conn import get_redis
 
 PREVIEW_ROWS = 10
@@ -45,14 +55,54 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[str, int]:
         f"The file is larger than {_limit_mb()} MB: split it, or import it on the server "
         "with `flask --app wsgi contacts import FILE`."
     )
-    return render_template("admin/imports/upload.html", error=message, limit=_limit_mb()), 413
+    return _upload_page(message, 413)
+
+
+HISTORY_ORDER: tuple[Kind, Kind] = ("time", "int")
+"""Kinds of the history's sort keys: when the import was started, then its id (newest first)."""
+
+
+def _readable() -> Any:
+    """The imports the user may read: all for admins; their own and the command line's."""
+    user = current_user()
+    assert user is not None  # the blueprint lets no anonymous request through
+    if user.role == "admin":
+        return true()
+    return or_(ContactImport.user_id == user.id, ContactImport.source == "cli")
+
+
+def _history() -> Page:
+    """A page of past imports, newest first; a hand-edited page link is a 400."""
+    try:
+        cursor = read_cursor(request.args, HISTORY_ORDER)
+    except BadCursor as e:
+        abort(400, str(e))
+    when, by_id = HISTORY_ORDER
+    query = (
+        select(ContactImport, User.name)
+        .outerjoin(User, User.id == ContactImport.user_id)
+        .where(_readable())
+        .options(defer(ContactImport.errors))  # up to a thousand lines each: the list needs none
+    )
+    order = [SortKey(ContactImport.created_at, when), SortKey(ContactImport.id, by_id)]
+    return keyset_page(query, order, cursor, descending=True)
+
+
+def _upload_page(error: str | None, status: int = 200) -> tuple[str, int]:
+    # A file over the limit is refused before the login check: no history for strangers.
+    user = current_user()
+    history = _history() if user is not None and user.role in ("admin", "marketer") else None
+    page = render_template(
+        "admin/imports/upload.html", error=error, limit=_limit_mb(), history=history, when=when
+    )
+    return page, status
 
 
 @bp.get("/import")
 @roles("marketer")
-def imports() -> str:
-    """The upload form."""
-    return render_template("admin/imports/upload.html", error=None, limit=_limit_mb())
+def imports() -> tuple[str, int]:
+    """The upload form, and the imports made so far, newest first."""
+    return _upload_page(None)
 
 
 @bp.post("/import")
@@ -77,7 +127,7 @@ def import_upload() -> Response | tuple[str, int]:
 
 
 def _upload_error(message: str) -> tuple[str, int]:
-    return render_template("admin/imports/upload.html", error=message, limit=_limit_mb()), 400
+    return _upload_page(message, 400)
 
 
 def _user_id() -> int:
@@ -129,14 +179,28 @@ def _preview(
     )
 
 
+def _recorded(token: str) -> tuple[ContactImport, str | None] | None:
+    """The import's history row and who started it; None unless started and the user's to read."""
+    found = db.session.execute(
+        select(ContactImport, User.name)
+        .outerjoin(User, User.id == ContactImport.user_id)
+        .where(ContactImport.token == token[:64], _readable())
+    ).first()
+    return None if found is None else (found[0], found[1])
+
+
 @bp.get("/import/<token>")
 @roles("marketer")
 def import_show(token: str) -> Any:
     """The import as it stands: mapping preview, progress (refreshing itself) or summary."""
+    recorded = _recorded(token)
+    if recorded is not None:
+        run, who = recorded
+        return render_template("admin/imports/status.html", run=run, who=who, when=when)
     state = _state_or_404(token)
-    if state["status"] == "uploaded":
-        return _preview(state, None, [])
-    return render_template("admin/imports/status.html", state=state)
+    if state["status"] != "uploaded":
+        abort(404)  # started, yet not recorded: not this user's
+    return _preview(state, None, [])
 
 
 def _columns(token: str) -> int:
@@ -164,5 +228,5 @@ def import_run(token: str) -> Any:
     problems = check_mapping(chosen)
     if problems:
         return _preview(state, chosen or None, problems, 400)
-    queue_import(get_redis(), token, chosen)
+    queue_import(get_redis(), db.engine, state, chosen, utcnow())
     return redirect(url_for("admin.import_show", token=token))
