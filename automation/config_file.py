@@ -351,6 +351,17 @@ def _broadcast(item: dict[str, Any]) -> BroadcastSpec:
     return spec
 
 
+def _holds_nul(value: Any) -> bool:
+    """Whether a NUL character hides in any key or string of a loaded document."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
     """Check a rules file; raise ConfigFileError naming every problem and its line."""
     try:
@@ -363,6 +374,9 @@ def parse(text: str, filename: str = "<rules>") -> AutomationSpec:
         ) from e
     if document is None:
         document = _Mapping()
+    if _holds_nul(document):
+        # YAML's "\0" escape makes one; no database text column can store it.
+        raise ConfigFileError([f"{filename}: a value holds a NUL character (\\0): remove it"])
     if not isinstance(document, dict):
         sections = ", ".join(SECTIONS)
         raise ConfigFileError([f"{filename}:1: the file must be a mapping of {sections}"])

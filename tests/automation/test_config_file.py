@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from automation.config_file import ConfigFileError, parse, parse_duration
+from tests.conftest import admin_login, post_form
 from tracker.automation_models import ScoringRule, Threshold, Webhook
 from tracker.db import db
 
@@ -173,3 +174,20 @@ def test_values_no_column_holds_are_refused_and_nothing_changes(app, tmp_path):
     result = app.test_cli_runner().invoke(args=["automation", "load", str(path)])
     assert result.exit_code != 0 and "nothing was changed" in result.output
     assert "too large" in result.output
+
+
+def test_a_nul_character_is_refused_by_name():
+    with pytest.raises(ConfigFileError) as caught:
+        parse('rules:\n  - name: "a\\0b"\n    event: pageview\n    points: 1\n')
+    assert "NUL character" in str(caught.value)
+
+
+def test_the_admin_refuses_a_nul_in_a_name(app, client):
+    admin_login(app, client, "marketer")
+    response = post_form(
+        client,
+        "/admin/configure/rules/new",
+        {"item": 'name: "x\\0y"\nevent: pageview\npoints: 1\n'},
+    )
+    assert response.status_code == 400
+    assert "NUL character" in response.get_data(as_text=True)
