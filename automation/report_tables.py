@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
@@ -128,16 +128,27 @@ def safe_cell(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def csv_text(header: Sequence[str], rows: Iterable[Sequence[CellValue]]) -> str:
-    """A CSV document; text cells are guarded against formula injection, numbers are not."""
+def csv_lines(header: Sequence[str], rows: Iterable[Sequence[CellValue]]) -> Iterator[str]:
+    """A CSV document line by line, header first, as `rows` yields them (for streaming).
+
+    Text cells are guarded against formula injection, numbers are not.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([safe_cell(h) for h in header])
+    yield out.getvalue()
     for row in rows:
+        out.seek(0)
+        out.truncate()
         writer.writerow(
             [safe_cell(cell) if isinstance(cell, str) else machine(cell) for cell in row]
         )
-    return out.getvalue()
+        yield out.getvalue()
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[CellValue]]) -> str:
+    """A CSV document; text cells are guarded against formula injection, numbers are not."""
+    return "".join(csv_lines(header, rows))
 
 
 def percent(value: Number | None, places: int = 1) -> str:

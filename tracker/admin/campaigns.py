@@ -8,11 +8,12 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from flask import Response, abort, redirect, render_template, request, url_for
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.datastructures import MultiDict
 
 from tracker.admin import bp
+from tracker.admin.csv_export import csv_response, today, wants_csv
 from tracker.admin.deleting import delete_page
 from tracker.auth import roles
 from tracker.db import db
@@ -322,15 +323,59 @@ def _save(campaign: Campaign | None) -> Response:
     return redirect(url_for("admin.campaign_edit", campaign_id=campaign.id, saved=1))
 
 
+CSV_COLUMNS = (
+    "campaign",
+    "channel",
+    "utm_campaigns",
+    "emails",
+    "sequences",
+    "starts_on",
+    "ends_on",
+    "cost",
+    "cost_basis",
+)
+"""The campaigns CSV's columns. cost_basis: "total" (one amount over the dates), "per_period"
+(cost is the sum of the campaign's cost lines), or empty without a cost."""
+
+
+def _csv(campaigns: list[Campaign], per_period: dict[int, Decimal]) -> Response:
+    rows = []
+    for c in campaigns:
+        if c.id in per_period:
+            cost, basis = per_period[c.id], "per_period"
+        else:
+            cost, basis = c.cost, "" if c.cost is None else "total"
+        rows.append(
+            [
+                c.name,
+                c.channel,
+                ", ".join(c.utm_campaigns or []),
+                len(c.template_ids or []),
+                len(c.sequence_ids or []),
+                c.starts_on,
+                c.ends_on,
+                cost,
+                basis,
+            ]
+        )
+    return csv_response(f"campaigns_{today()}", CSV_COLUMNS, rows)
+
+
 @bp.get("/campaigns")
 @roles("marketer")
-def campaigns() -> str:
-    """Every campaign with its channel, codes, dates and cost."""
-    rows = db.session.scalars(select(Campaign).order_by(Campaign.name)).all()
+def campaigns() -> Response | str:
+    """Every campaign with its channel, codes, dates and cost; `?format=csv` as a download."""
+    rows = list(db.session.scalars(select(Campaign).order_by(Campaign.name)).all())
     per_period = {
-        campaign_id
-        for (campaign_id,) in db.session.execute(select(CampaignCost.campaign_id).distinct())
+        campaign_id: Decimal(total)
+        for campaign_id, total in db.session.execute(
+            select(CampaignCost.campaign_id, func.sum(CampaignCost.amount)).group_by(
+                CampaignCost.campaign_id
+            )
+        )
     }
+    if wants_csv():
+        return _csv(rows, per_period)
     return render_template("admin/campaigns/list.html", campaigns=rows, per_period=per_period)
 
 

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import Any
 
-from flask import Response, current_app, render_template, request
+from flask import Response, abort, current_app, render_template, request
 
 from tracker.admin import bp
+from tracker.admin.csv_export import csv_response, wants_csv
 from tracker.auth import current_user, roles
 from tracker.db import db
 from tracker.models import utcnow
@@ -108,10 +109,69 @@ def _days_arg() -> tuple[int, str | None]:
     return DEFAULT_DAYS, f"{text!r} is not a period the dashboard offers: choose {choices} days."
 
 
+TABLES = {
+    "funnel": ("step", "label", "count", "rate_from_previous", "median_days_from_previous"),
+    "roi": None,  # the ROI report's columns
+    "email": ("emails_sent", "human_opens", "human_clicks"),
+    "health": None,  # the follow-up health page's columns
+}
+"""The dashboard's tables a CSV holds (`?format=csv&table=`), with their columns."""
+
+MARKETING_TABLES = ("roi", "email")
+"""Tables only marketers and admins see."""
+
+
+def _csv_rows(table: str, counters: Mapping[Key, int], first: date, last: date) -> list[Any]:
+    """The rows of one dashboard table for the period, raw."""
+    from automation.funnel import funnel
+    from tracker.admin.sales import health_cells, health_pairs, health_per_owner
+
+    user = current_user()
+    if table in ("funnel", "email"):
+        counts, _ = funnel_counts(counters, first, last)
+        if table == "email":
+            return [[counts.get(k, 0) for k in ("emails_sent", "email_opens", "email_clicks")]]
+        steps = funnel(counts, stage_medians(counters))
+        return [[s.key, s.label, s.count, s.rate, s.median_days] for s in steps]
+    if table == "roi":
+        from automation.reports import roi_cells
+
+        return [roi_cells(row) for row in roi_summary(first, last)]
+    # Follow-up health: everyone's and per owner for marketing; a salesperson's own.
+    if user.role == "sales":
+        return [health_cells(user.name, follow_up(user.id))]
+    from automation.follow_up import WINDOW_DAYS
+
+    now = utcnow()
+    pairs = health_pairs(now - timedelta(days=WINDOW_DAYS))
+    owners = health_per_owner(pairs, now, current_app.config["FOLLOW_UP_HOURS"])
+    return [health_cells("(all)", follow_up(None))] + [health_cells(n, h) for n, h in owners]
+
+
+def _csv(first: date, last: date) -> Response:
+    """One of the dashboard's tables as a download (`table=`), for the period."""
+    from automation import rollups
+    from automation.reports import ROI_COLUMNS
+    from tracker.admin.sales import HEALTH_COLUMNS
+
+    table = request.args.get("table", "")
+    if table not in TABLES:
+        abort(400, f"choose the table to download: table={' or table='.join(TABLES)}")
+    if table in MARKETING_TABLES and current_user().role == "sales":
+        abort(403)
+    header = TABLES[table] or (ROI_COLUMNS if table == "roi" else HEALTH_COLUMNS)
+    counters = rollups.daily(db.session.connection(), first, last) if table != "roi" else {}
+    rows = _csv_rows(table, counters, first, last)
+    return csv_response(f"dashboard_{table}_{first}_{last}", header, rows)
+
+
 @bp.get("/dashboard")
 @roles("marketer", "sales")
 def dashboard() -> Response:
-    """The funnel with rates and median days, campaign ROI, email and follow-up at a glance."""
+    """The funnel with rates and median days, campaign ROI, email and follow-up at a glance.
+
+    `?format=csv&table=funnel` (or roi, email, health): that table for the period.
+    """
     from automation import rollups
     from automation.funnel import funnel
     from automation.report_tables import human, percent
@@ -126,6 +186,8 @@ def dashboard() -> Response:
     user = current_user()
     last = utcnow().date()
     first = last - timedelta(days=days - 1)
+    if wants_csv():
+        return _csv(first, last)
     counters = rollups.daily(db.session.connection(), first, last)
     counts, series = funnel_counts(counters, first, last)
     steps = funnel(counts, stage_medians(counters))

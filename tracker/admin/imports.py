@@ -10,6 +10,7 @@ command line are everyone's to read.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, abort, redirect, render_template, request, url_for
@@ -18,6 +19,7 @@ from sqlalchemy.orm import defer
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from tracker.admin import bp
+from tracker.admin.csv_export import csv_response, keyset_rows, today, wants_csv
 from tracker.admin.opportunities import when
 from tracker.auth import current_user, roles
 from tracker.db import db
@@ -71,12 +73,8 @@ def _readable() -> Any:
     return or_(ContactImport.user_id == user.id, ContactImport.source == "cli")
 
 
-def _history() -> Page:
-    """A page of past imports, newest first; a hand-edited page link is a 400."""
-    try:
-        cursor = read_cursor(request.args, HISTORY_ORDER)
-    except BadCursor as e:
-        abort(400, str(e))
+def _history_query() -> tuple[Any, list[SortKey]]:
+    """The imports the user may read with who started them, and the history's sort keys."""
     when, by_id = HISTORY_ORDER
     query = (
         select(ContactImport, User.name)
@@ -84,8 +82,58 @@ def _history() -> Page:
         .where(_readable())
         .options(defer(ContactImport.errors))  # up to a thousand lines each: the list needs none
     )
-    order = [SortKey(ContactImport.created_at, when), SortKey(ContactImport.id, by_id)]
+    return query, [SortKey(ContactImport.created_at, when), SortKey(ContactImport.id, by_id)]
+
+
+def _history() -> Page:
+    """A page of past imports, newest first; a hand-edited page link is a 400."""
+    try:
+        cursor = read_cursor(request.args, HISTORY_ORDER)
+    except BadCursor as e:
+        abort(400, str(e))
+    query, order = _history_query()
     return keyset_page(query, order, cursor, descending=True)
+
+
+HISTORY_COLUMNS = (
+    "started_at",
+    "file",
+    "by",
+    "source",
+    "status",
+    "rows_total",
+    "rows_done",
+    "created",
+    "updated",
+    "unchanged",
+    "repeated",
+    "skipped",
+    "finished_at",
+    "failure",
+)
+"""The import history CSV's columns (times in UTC; by is empty for the command line)."""
+
+
+def _history_rows() -> Iterator[list[Any]]:
+    """Every import the user may read, newest first, read in chunks."""
+    query, order = _history_query()
+    for run, who in keyset_rows(query, order, descending=True):
+        yield [
+            run.created_at,
+            run.filename,
+            None if run.source == "cli" else who,
+            run.source,
+            run.status,
+            run.rows_total,
+            run.rows_done,
+            run.created,
+            run.updated,
+            run.unchanged,
+            run.repeated,
+            run.skipped,
+            run.finished_at,
+            run.failure,
+        ]
 
 
 def _upload_page(error: str | None, status: int = 200) -> tuple[str, int]:
@@ -100,8 +148,10 @@ def _upload_page(error: str | None, status: int = 200) -> tuple[str, int]:
 
 @bp.get("/import")
 @roles("marketer")
-def imports() -> tuple[str, int]:
-    """The upload form, and the imports made so far, newest first."""
+def imports() -> Response | tuple[str, int]:
+    """The upload form, and the imports made so far, newest first (`?format=csv`: all of them)."""
+    if wants_csv():
+        return csv_response(f"imports_{today()}", HISTORY_COLUMNS, _history_rows())
     return _upload_page(None)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -12,6 +12,7 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import aliased
 
 from tracker.admin import bp
+from tracker.admin.csv_export import csv_response, keyset_rows, today, wants_csv
 from tracker.admin.deleting import delete_page
 from tracker.auth import current_user, roles
 from tracker.db import db
@@ -156,10 +157,76 @@ def _may_edit(owner_id: int | None) -> bool:
     return user.role == "admin" or owner_id == user.id
 
 
+def _list_query(conditions: list[Any]) -> tuple[Any, list[SortKey]]:
+    """The opportunities matching `conditions` with contact, owner's and campaign's names;
+    and the list's sort keys."""
+    owner_user = aliased(User)
+    query = (
+        select(Opportunity, Contact, owner_user.name, Campaign.name)
+        .outerjoin(Contact, Contact.id == Opportunity.contact_id)
+        .outerjoin(owner_user, owner_user.id == Opportunity.owner_id)
+        .outerjoin(Campaign, Campaign.id == Opportunity.campaign_id)
+        .where(*conditions)
+    )
+    # Open deals first, soonest expected close first, deals without a date after the
+    # dated ones (spelled out: SQLite and PostgreSQL put NULLs at opposite ends).
+    closed, undated, close, by_id = LIST_ORDER
+    order = [
+        SortKey(case((Opportunity.stage == "open", 0), else_=1), closed),
+        SortKey(case((Opportunity.expected_close.is_(None), 1), else_=0), undated),
+        SortKey(func.coalesce(Opportunity.expected_close, literal(date.min)), close),
+        SortKey(Opportunity.id, by_id),
+    ]
+    return query, order
+
+
+CSV_COLUMNS = (
+    "opportunity",
+    "contact_email",
+    "contact_name",
+    "amount",
+    "expected_close",
+    "stage",
+    "owner",
+    "campaign",
+    "campaign_source",
+    "created_at",
+    "closed_at",
+)
+"""The opportunities CSV's columns (times in UTC)."""
+
+
+def _csv_rows(conditions: list[Any]) -> Iterator[list[Any]]:
+    """Every opportunity matching `conditions`, in the list's order, read in chunks."""
+    query, order = _list_query(conditions)
+    for opp, contact, owner_name, campaign_name in keyset_rows(query, order):
+        if contact is None:
+            email, name = None, "(erased contact)"
+        else:
+            email = contact.email
+            name = " ".join(p for p in (contact.first_name, contact.last_name) if p)
+        yield [
+            opp.name,
+            email,
+            name,
+            opp.amount,
+            opp.expected_close,
+            opp.stage,
+            owner_name,
+            campaign_name,
+            opp.campaign_source,
+            opp.created_at,
+            opp.closed_at,
+        ]
+
+
 @bp.get("/opportunities")
 @roles("marketer", "sales")
-def opportunities() -> tuple[str, int] | str:
-    """Opportunities filtered by stage and owner, with the count and amount per stage."""
+def opportunities() -> Response | tuple[str, int] | str:
+    """Opportunities filtered by stage and owner, with the count and amount per stage.
+
+    `?format=csv`: every opportunity the filters match, not only the page.
+    """
     user = current_user()
     stage = request.args.get("stage", "")
     default_owner = str(user.id) if user.role == "sales" else ""
@@ -178,6 +245,9 @@ def opportunities() -> tuple[str, int] | str:
             if owner == "none"
             else Opportunity.owner_id == int(owner)
         )
+    if wants_csv() and not errors:
+        name = f"opportunities_{stage or 'all'}_{today()}"
+        return csv_response(name, CSV_COLUMNS, _csv_rows(conditions))
     cursor = None
     try:
         cursor = read_cursor(request.args, LIST_ORDER)
@@ -192,23 +262,7 @@ def opportunities() -> tuple[str, int] | str:
             .group_by(Opportunity.stage)
         ):
             totals[name] = (count, Decimal(amount))
-        owner_user = aliased(User)
-        query = (
-            select(Opportunity, Contact, owner_user.name, Campaign.name)
-            .outerjoin(Contact, Contact.id == Opportunity.contact_id)
-            .outerjoin(owner_user, owner_user.id == Opportunity.owner_id)
-            .outerjoin(Campaign, Campaign.id == Opportunity.campaign_id)
-            .where(*conditions)
-        )
-        # Open deals first, soonest expected close first, deals without a date after the
-        # dated ones (spelled out: SQLite and PostgreSQL put NULLs at opposite ends).
-        closed, undated, close, by_id = LIST_ORDER
-        order = [
-            SortKey(case((Opportunity.stage == "open", 0), else_=1), closed),
-            SortKey(case((Opportunity.expected_close.is_(None), 1), else_=0), undated),
-            SortKey(func.coalesce(Opportunity.expected_close, literal(date.min)), close),
-            SortKey(Opportunity.id, by_id),
-        ]
+        query, order = _list_query(conditions)
         listed = keyset_page(query, order, cursor)
     page = render_template(
         "admin/sales/opportunities.html",

@@ -1,9 +1,12 @@
-"""The sales pages: the "My leads" queue, one lead with its actions, and follow-up health."""
+"""The sales pages: the "My leads" queue, one lead with its actions, and follow-up health.
+
+The queues and the follow-up tables also download as CSV (`?format=csv`).
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from tracker.admin import bp
+from tracker.admin.csv_export import csv_response, keyset_chunks, keyset_rows, today, wants_csv
 from tracker.admin.opportunities import contact_label, money, owners, parse_deal, when
 from tracker.auth import current_user, roles
 from tracker.automation_models import PointsEntry, ScoringRule, StageChange
@@ -111,17 +115,9 @@ def _queue_order(mql: Any) -> list[SortKey]:
     ]
 
 
-def lead_queue(
-    owner: int | str | None,
-    stages: Sequence[str] = ("mql",),
-    cursor: Cursor | None = None,
-    prefix: str = "",
-) -> Page:
-    """A page of leads in `stages`, oldest MQL first, with why they qualified and recent points.
-
-    `owner` is a user id, "none" for unassigned leads, or None for everyone's.
-    The page's rows are dicts: contact, label, mql_at, owner, cause, points.
-    """
+def _queue_query(owner: int | str | None, stages: Sequence[str]) -> tuple[Any, list[SortKey]]:
+    """The leads in `stages` of `owner` (see `lead_queue`): contact, mql_at, owner name;
+    and the queue's sort keys."""
     mql = _mql_times()
     order = _queue_order(mql)
     owner_user = aliased(User)
@@ -135,6 +131,21 @@ def lead_queue(
         query = query.where(Contact.owner_id.is_(None))
     elif owner is not None:
         query = query.where(Contact.owner_id == owner)
+    return query, order
+
+
+def lead_queue(
+    owner: int | str | None,
+    stages: Sequence[str] = ("mql",),
+    cursor: Cursor | None = None,
+    prefix: str = "",
+) -> Page:
+    """A page of leads in `stages`, oldest MQL first, with why they qualified and recent points.
+
+    `owner` is a user id, "none" for unassigned leads, or None for everyone's.
+    The page's rows are dicts: contact, label, mql_at, owner, cause, points.
+    """
+    query, order = _queue_query(owner, stages)
     page = keyset_page(query, order, cursor, prefix=prefix)
     ids = [contact.id for contact, _, _ in page.rows]
     causes = _latest_causes(ids) if ids else {}
@@ -151,6 +162,55 @@ def lead_queue(
         for contact, mql_at, owner_name in page.rows
     ]
     return replace(page, rows=leads)
+
+
+QUEUES = {"waiting": ("mql",), "accepted": ("sql",)}
+"""The queues of the leads page by name (`?queue=`), with the stages each lists."""
+
+QUEUE_COLUMNS = (
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "stage",
+    "owner",
+    "mql_at",
+    "score",
+    "engagement_score",
+    "fit_score",
+    "why",
+)
+"""The leads CSV's columns (times in UTC; why: the cause of the last MQL stage change)."""
+
+
+def _queue_rows(owner: int | str | None, stages: Sequence[str]) -> Iterator[list[Any]]:
+    """Every lead of a queue, oldest MQL first, read in chunks."""
+    query, order = _queue_query(owner, stages)
+    for chunk in keyset_chunks(query, order):
+        causes = _latest_causes([contact.id for contact, _, _ in chunk])
+        for contact, mql_at, owner_name in chunk:
+            yield [
+                contact.email,
+                contact.first_name,
+                contact.last_name,
+                contact.company,
+                contact.stage,
+                owner_name,
+                mql_at,
+                contact.score,
+                contact.engagement_score,
+                contact.fit_score,
+                causes.get(contact.id),
+            ]
+
+
+def _leads_csv(owner: int | str | None) -> Response:
+    queue = request.args.get("queue", "")
+    if queue not in QUEUES:
+        abort(400, f"choose the queue to download: queue={' or queue='.join(QUEUES)}")
+    return csv_response(
+        f"leads_{queue}_{today()}", QUEUE_COLUMNS, _queue_rows(owner, QUEUES[queue])
+    )
 
 
 def _cursor(prefix: str = "") -> Cursor | None:
@@ -175,10 +235,15 @@ def _owner_filter(user: User) -> tuple[int | str | None, str]:
 
 @bp.get("/leads")
 @roles("sales")
-def leads() -> str:
-    """My leads: MQLs waiting for a decision, then accepted leads (SQLs) still being worked."""
+def leads() -> Response | str:
+    """My leads: MQLs waiting for a decision, then accepted leads (SQLs) still being worked.
+
+    `?format=csv&queue=waiting` (or `accepted`): the whole queue, with the same owner filter.
+    """
     user = current_user()
     owner, chosen = _owner_filter(user)
+    if wants_csv():
+        return _leads_csv(owner)
     waiting = lead_queue(owner, ("mql",), _cursor("waiting_"), "waiting_")
     accepted = lead_queue(owner, ("sql",), _cursor("accepted_"), "accepted_")
     # A link pages one queue and keeps the owner filter and where the other queue is.
@@ -328,11 +393,9 @@ def health_pairs(since: datetime) -> list[tuple[int, int | None, datetime, datet
     ]
 
 
-def untouched_mqls(cursor: Cursor | None = None) -> Page:
-    """A page of contacts in stage mql with no lead action since they became MQL, oldest first.
-
-    The page's rows are dicts: contact, label, mql_at, owner.
-    """
+def _untouched_query() -> tuple[Any, list[SortKey]]:
+    """Contacts in stage mql with no lead action since they became MQL: contact, mql_at,
+    owner name; and the list's sort keys (oldest first)."""
     mql = _mql_times()
     order = _queue_order(mql)
     since = order[0].expression
@@ -348,6 +411,15 @@ def untouched_mqls(cursor: Cursor | None = None) -> Page:
         .outerjoin(owner_user, owner_user.id == Contact.owner_id)
         .where(Contact.stage == "mql", ~acted)
     )
+    return query, order
+
+
+def untouched_mqls(cursor: Cursor | None = None) -> Page:
+    """A page of contacts in stage mql with no lead action since they became MQL, oldest first.
+
+    The page's rows are dicts: contact, label, mql_at, owner.
+    """
+    query, order = _untouched_query()
     page = keyset_page(query, order, cursor)
     return replace(
         page,
@@ -358,21 +430,17 @@ def untouched_mqls(cursor: Cursor | None = None) -> Page:
     )
 
 
-@bp.get("/leads/health")
-@roles("marketer", "sales")
-def leads_health() -> str:
-    """Follow-up health: the share of MQLs acted on in time, per owner, and the untouched."""
-    from automation.follow_up import WINDOW_DAYS, follow_up_health
+def health_per_owner(
+    pairs: Sequence[tuple[int, int | None, datetime, datetime | None]], now: datetime, hours: float
+) -> list[tuple[str, Any]]:
+    """(owner's name, follow-up Health) of each owner with MQLs in `pairs`, by name."""
+    from automation.follow_up import follow_up_health
 
-    now = utcnow()
-    hours = current_app.config["FOLLOW_UP_HOURS"]
-    pairs = health_pairs(now - timedelta(days=WINDOW_DAYS))
-    overall = follow_up_health([(m, a) for _, _, m, a in pairs], now, hours)
     by_owner: dict[int | None, list[tuple[datetime, datetime | None]]] = defaultdict(list)
     for _, owner_id, mql_at, acted in pairs:
         by_owner[owner_id].append((mql_at, acted))
     names = dict(db.session.execute(select(User.id, User.name)).all())
-    per_owner = sorted(
+    return sorted(
         (
             (names.get(owner_id, "(nobody)") if owner_id else "(nobody)", health)
             for owner_id, rows in by_owner.items()
@@ -380,6 +448,80 @@ def leads_health() -> str:
         ),
         key=lambda item: item[0].casefold(),
     )
+
+
+HEALTH_COLUMNS = (
+    "owner",
+    "mqls",
+    "on_time",
+    "late",
+    "pending",
+    "untouched",
+    "share_on_time",
+    "median_hours_to_action",
+)
+"""A follow-up health CSV's columns (the share as a ratio: 0.5 is half)."""
+
+
+def health_cells(owner: str, health: Any) -> list[Any]:
+    """One owner's follow-up Health in `HEALTH_COLUMNS` order."""
+    return [
+        owner,
+        health.mqls,
+        health.on_time,
+        health.late,
+        health.pending,
+        health.untouched,
+        health.share_on_time,
+        health.median_hours_to_action,
+    ]
+
+
+UNTOUCHED_COLUMNS = ("email", "first_name", "last_name", "company", "owner", "mql_at", "hours")
+"""The untouched MQLs CSV's columns (mql_at in UTC; hours waited until the download)."""
+
+
+def _untouched_rows(now: datetime) -> Iterator[list[Any]]:
+    query, order = _untouched_query()
+    for contact, mql_at, owner_name in keyset_rows(query, order):
+        waited = (now - as_utc(mql_at)).total_seconds() / 3600
+        yield [
+            contact.email,
+            contact.first_name,
+            contact.last_name,
+            contact.company,
+            owner_name,
+            mql_at,
+            waited,
+        ]
+
+
+HEALTH_TABLES = ("per_owner", "untouched")
+"""The tables of the follow-up health page a CSV can hold (`?table=`)."""
+
+
+@bp.get("/leads/health")
+@roles("marketer", "sales")
+def leads_health() -> Response | str:
+    """Follow-up health: the share of MQLs acted on in time, per owner, and the untouched.
+
+    `?format=csv&table=per_owner` (or `untouched`): that table, untouched MQLs all of them.
+    """
+    from automation.follow_up import WINDOW_DAYS, follow_up_health
+
+    now = utcnow()
+    hours = current_app.config["FOLLOW_UP_HOURS"]
+    table = request.args.get("table", "")
+    if wants_csv() and table not in HEALTH_TABLES:
+        abort(400, f"choose the table to download: table={' or table='.join(HEALTH_TABLES)}")
+    if wants_csv() and table == "untouched":
+        return csv_response(f"untouched_mqls_{today()}", UNTOUCHED_COLUMNS, _untouched_rows(now))
+    pairs = health_pairs(now - timedelta(days=WINDOW_DAYS))
+    per_owner = health_per_owner(pairs, now, hours)
+    if wants_csv():
+        rows = [health_cells(name, health) for name, health in per_owner]
+        return csv_response(f"follow_up_per_owner_{today()}", HEALTH_COLUMNS, rows)
+    overall = follow_up_health([(m, a) for _, _, m, a in pairs], now, hours)
     untouched = untouched_mqls(_cursor())
     return render_template(
         "admin/sales/health.html",
