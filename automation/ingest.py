@@ -24,9 +24,10 @@ from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import DataError, IntegrityError
 
 from automation.attribution_store import mark_touched
+from automation.bulk import planned_each_time
 from automation.dispatch import enqueue_action_runs
 from automation.points import load_rulebook, run_thresholds, score_batch
-from automation.rollups import add_events
+from automation.rollups import add_facts, facts_of
 from automation.rows import MalformedEntry, event_row
 from automation.segments import load_segments, refresh
 from automation.sequence_runner import enrol_joined, wake_branches
@@ -272,7 +273,7 @@ def _store_and_score(conn: Connection, rows: list[dict[str, Any]]) -> tuple[int,
     # A human open or click decides a branch waiting on that message now, not at its deadline.
     wake_branches(conn, stored.human_email_messages, utcnow())
     # The dashboard's day counters move with the events that were new here, never twice.
-    facts = add_events(conn, stored.new_event_ids)
+    facts = add_facts(conn, facts_of(stored.new_events))
     # Campaign credit moves with new touches and with visitors newly tied to a contact.
     mark_touched(conn, facts, stored.identified_contacts)
     rulebook = load_rulebook(conn)
@@ -305,7 +306,7 @@ def store_rows(rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     try:
-        with db.engine.begin() as conn:
+        with db.engine.begin() as conn, planned_each_time(conn):
             stored, queued = _store_and_score(conn, rows)
     finally:
         db.session.remove()
@@ -317,7 +318,7 @@ def drain_spool(limit: int = 200) -> int:
     """Store batches that collection spooled to the database while Redis was down."""
     stored = 0
     while True:
-        with db.engine.begin() as conn:
+        with db.engine.begin() as conn, planned_each_time(conn):
             query = select(EventSpool.id, EventSpool.payload).order_by(EventSpool.id).limit(limit)
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)

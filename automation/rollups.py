@@ -161,15 +161,39 @@ def _facts(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
 
 
 def add_events(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
-    """Add newly stored events to the rollups, in the caller's transaction; return what
-    was read of them.
+    """Add newly stored events, read back by id, to the rollups; return what was read.
 
-    Give it only ids that were new in this transaction (`StoredBatch.new_event_ids`):
-    that is what makes a re-delivered batch count nothing.
+    Give it only ids that were new in this transaction: that is what makes a
+    re-delivered batch count nothing.
     """
     if not event_ids:
         return []
-    facts = _facts(conn, event_ids)
+    return add_facts(conn, _facts(conn, event_ids))
+
+
+def facts_of(rows: Iterable[Mapping[str, Any]]) -> list[EventFacts]:
+    """What the rollups need of event rows as they were written."""
+    return [
+        EventFacts(
+            row["occurred_at"],
+            row["type"],
+            bool(row.get("is_bot")),
+            row.get("visitor_id"),
+            row.get("utm_campaign"),
+            row.get("contact_id"),
+        )
+        for row in rows
+    ]
+
+
+def add_facts(conn: Connection, facts: list[EventFacts]) -> list[EventFacts]:
+    """Add newly stored events to the rollups, in the caller's transaction; return them.
+
+    Give it only events that were new in this transaction (`StoredBatch.new_events`):
+    that is what makes a re-delivered batch count nothing.
+    """
+    if not facts:
+        return []
     counts, seen = tally(facts)
     fresh = insert_rows(
         conn,

@@ -58,18 +58,29 @@ def _upsert_visitors(
     """
     table = Visitor.__table__
     touches = visitor_touches(rows)
-    keys = sorted({t.key for t in touches})
+    keys_by_site: dict[int, set[str]] = {}
+    for touch in touches:
+        keys_by_site.setdefault(touch.site_id, set()).add(touch.key)
     known: dict[tuple[int, str], tuple[int, int | None, datetime]] = {}
     columns = (table.c.id, table.c.site_id, table.c.key, table.c.contact_id, table.c.last_seen)
-    if conn.dialect.name == "postgresql":
-        # One array parameter: a long IN (…) list costs more to build and parse than to run.
-        keys_param = bindparam("visitor_keys", keys, type_=ARRAY(String))
-        chunks = [select(*columns).where(table.c.key == any_(keys_param))]
-    else:
-        chunks = [
-            select(*columns).where(table.c.key.in_(keys[start : start + 1000]))
-            for start in range(0, len(keys), 1000)
-        ]
+    # Per site, so that the (site_id, key) index finds each visitor: keys alone would scan
+    # the whole table, comparing every row with every key of the batch.
+    chunks = []
+    for site_id, site_keys in sorted(keys_by_site.items()):
+        keys = sorted(site_keys)
+        if conn.dialect.name == "postgresql":
+            # One array parameter: a long IN (…) list costs more to build and parse than to run.
+            keys_param = bindparam(f"visitor_keys_{site_id}", keys, type_=ARRAY(String))
+            chunks.append(
+                select(*columns).where(table.c.site_id == site_id, table.c.key == any_(keys_param))
+            )
+        else:
+            chunks += [
+                select(*columns).where(
+                    table.c.site_id == site_id, table.c.key.in_(keys[start : start + 1000])
+                )
+                for start in range(0, len(keys), 1000)
+            ]
     for query in chunks:
         for id_, site_id, key, contact_id, last_seen in conn.execute(query).all():
             known[(site_id, key)] = (id_, contact_id, as_utc(last_seen))
@@ -240,6 +251,8 @@ class StoredBatch:
     a person opened or clicked (`human_email_messages`: message ids)."""
 
     new_event_ids: list[int] = field(default_factory=list)
+    new_events: list[dict[str, Any]] = field(default_factory=list)
+    """The rows of the new events as stored (with their ids): what rollups count."""
     relinked_event_ids: list[int] = field(default_factory=list)
     identified_contacts: set[int] = field(default_factory=set)
     human_email_messages: set[int] = field(default_factory=set)
@@ -279,9 +292,24 @@ def store_batch(
         value.update(visitor_id=visitor_id, contact_id=contact_id, ingested_at=now)
         values.append(value)
     # RETURNING tells what was new: rowcount is -1 for these statements on psycopg.
-    new = insert_rows(conn, Event.__table__, values, conflict=("uuid",), returning=("id",))
-    batch.new_event_ids.extend(id_ for (id_,) in new)
+    new = insert_rows(conn, Event.__table__, values, conflict=("uuid",), returning=("id", "uuid"))
+    _note_new(batch, values, new)
     return batch
+
+
+def _hex(value: Any) -> str:
+    return value.hex if isinstance(value, uuid.UUID) else str(value).replace("-", "")
+
+
+def _note_new(batch: StoredBatch, values: list[dict[str, Any]], new: list[Any]) -> None:
+    """Record which of the rows written were new, by the (id, uuid) the insert returned."""
+    # Compared as hex: SQLite's driver hands back the stored text, psycopg a UUID.
+    ids = {_hex(event_uuid): id_ for id_, event_uuid in new}
+    for value in values:
+        id_ = ids.get(value["uuid"].hex)
+        if id_ is not None:
+            batch.new_event_ids.append(id_)
+            batch.new_events.append({**value, "id": id_})
 
 
 EMAIL_KEYS = ("visitor_key", "email_message", "email_link", "email_method")
@@ -384,7 +412,7 @@ def _store_email_events(conn: Connection, rows: list[dict[str, Any]], batch: Sto
         )
         values.append(value)
     new = insert_rows(conn, Event.__table__, values, conflict=("uuid",), returning=("id", "uuid"))
-    batch.new_event_ids.extend(id_ for id_, _ in new)
+    _note_new(batch, values, new)
     fresh = {uuid.UUID(str(event_uuid)) for _, event_uuid in new}
     _count(conn, [value for value in values if value["uuid"] in fresh], batch)
 

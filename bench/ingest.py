@@ -1,6 +1,6 @@
 """Benchmark ingestion: one StreamIngestor draining a pre-filled stream, against plain INSERTs.
 
-    .venv/bin/python bench/ingest.py [--events 50000] [--budget 35] [--profile]
+    .venv/bin/python bench/ingest.py [--events 50000] [--budget 35] [--profile] [--statements]
 
 For SQLite (a temp file) and PostgreSQL (a throwaway database on 127.0.0.1:5432,
 skipped when it does not answer): fill a private Redis stream with N stamped events,
@@ -48,6 +48,11 @@ def parse_args() -> argparse.Namespace:
         help="run the ingest loop under cProfile and print where the time goes",
     )
     parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="time every SQL statement of the ingest loop and print the costliest kinds",
+    )
+    parser.add_argument(
         "--collect-eps",
         type=float,
         default=None,
@@ -80,14 +85,48 @@ def count_events() -> int:
         db.session.remove()
 
 
-def time_ingest(app: Any, n: int, budget: float, profile: bool) -> dict[str, Any]:
+class StatementTimes:
+    """Wall time per kind of SQL statement (its first words), while attached to an engine."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list[float]] = {}
+
+    def attach(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            conn.info["bench_started"] = time.perf_counter()
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            took = time.perf_counter() - conn.info.pop("bench_started", time.perf_counter())
+            kind = " ".join(statement.split())[:90]
+            entry = self.totals.setdefault(kind, [0, 0.0])
+            entry[0] += 1
+            entry[1] += took
+
+    def report(self) -> None:
+        total = sum(t for _, t in self.totals.values())
+        print(f"  --- SQL statements: {total:.2f}s in all, costliest kinds first ---")
+        for kind, (count, took) in sorted(self.totals.items(), key=lambda i: -i[1][1])[:15]:
+            print(f"    {took:7.2f}s {count:6d}x  {kind}")
+
+
+def time_ingest(
+    app: Any, n: int, budget: float, profile: bool, statements: bool = False
+) -> dict[str, Any]:
     """Drain the stream with one StreamIngestor; return figures."""
     from automation.ingest import StreamIngestor
+    from tracker.db import db
     from tracker.redis_conn import get_redis
 
     client = get_redis(app)
     stream = app.config["EVENT_STREAM"]
+    timer = StatementTimes() if statements else None
     with app.app_context():
+        if timer:
+            timer.attach(db.engine)
         ingestor = StreamIngestor(
             client, stream, app.config["INGEST_GROUP"], consumer="bench", batch=BATCH
         )
@@ -117,6 +156,8 @@ def time_ingest(app: Any, n: int, budget: float, profile: bool) -> dict[str, Any
         elapsed = time.perf_counter() - started
         if profiler:
             profiler.disable()
+        if timer:
+            timer.report()
         in_table = count_events()
     left = client.xlen(stream)
     return {
@@ -227,7 +268,7 @@ def bench_database(
         f"in {filled:.1f}s (pipelines of {BATCH}, not timed below)"
     )
     print(f"  ingesting with one StreamIngestor, batch {BATCH}, run_once(wait=False) to empty …")
-    ingest = time_ingest(app, n, args.budget, args.profile)
+    ingest = time_ingest(app, n, args.budget, args.profile, args.statements)
     if ingest["cut"]:  # partial drain: what was read must be in the table, the rest left
         ok = (
             ingest["in_table"] == ingest["read"] - ingest["dead"]

@@ -18,6 +18,7 @@ from tests.conftest import BROWSER_UA, event, ingest_all, post_events
 from tracker.db import db
 from tracker.models import Contact, Event, Visitor
 from tracker.redis_conn import get_redis
+from tracker.sites import create_site
 
 
 def count(app, model) -> int:
@@ -91,6 +92,37 @@ def test_first_touch_is_kept_and_last_seen_moves(app, client, site):
         events = db.session.scalars(select(Event).order_by(Event.occurred_at)).all()
         assert [e.utm_source for e in events] == ["newsletter", "ads"]
         assert events[1].path == "/pricing"
+
+
+def test_the_same_browser_key_on_two_sites_is_two_visitors(app, client, site):
+    """Visitors are found per site: a key another site also uses is not that site's visitor."""
+    with app.app_context():
+        other = create_site("Other", ["other.test"])
+        db.session.commit()
+        other_key = other.key
+    for _ in range(2):  # the second round finds both as known visitors
+        post_events(client, site.key, [event()], visitor="shared-key-01")
+        post_events(
+            client,
+            other_key,
+            [event(url="https://other.test/")],
+            visitor="shared-key-01",
+            origin="https://other.test",
+        )
+        ingest_all(app)
+    with app.app_context():
+        visitors = db.session.scalars(select(Visitor).order_by(Visitor.site_id)).all()
+        assert [(v.key, v.site_id) for v in visitors] == [
+            ("shared-key-01", visitors[0].site_id),
+            ("shared-key-01", visitors[1].site_id),
+        ]
+        assert visitors[0].site_id != visitors[1].site_id
+        per_visitor = dict(
+            db.session.execute(
+                select(Event.visitor_id, func.count()).group_by(Event.visitor_id)
+            ).all()
+        )
+        assert per_visitor == {visitors[0].id: 2, visitors[1].id: 2}
 
 
 def test_identify_gives_the_contact_the_anonymous_history(app, client, site):
@@ -203,6 +235,7 @@ KILLABLE = textwrap.dedent("""
     from tests.conftest import make_app
     from automation.ingest import StreamIngestor
     from tracker.redis_conn import get_redis
+from tracker.sites import create_site
     app = make_app(sys.argv[1], sys.argv[2])
     with app.app_context():
         ing = StreamIngestor(get_redis(app), app.config["EVENT_STREAM"],
