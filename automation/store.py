@@ -24,6 +24,7 @@ from sqlalchemy import (
     case,
     func,
     select,
+    text,
     update,
 )
 
@@ -228,13 +229,16 @@ def _link_identities(
     if links:
         # The anonymous history about to be given to a contact is scored for it.
         linked = [link["id"] for link in links]
-        batch.relinked_event_ids = list(
-            conn.execute(
-                select(events.c.id).where(
-                    events.c.visitor_id.in_(linked), events.c.contact_id.is_(None)
-                )
-            ).scalars()
+        # SQLite would pick the (contact_id, occurred_at) index for "contact_id IS NULL" and
+        # walk every anonymous event there is; a unary + keeps that term off any index, so
+        # the visitors' own index finds just theirs.
+        no_contact = (
+            text("+events.contact_id IS NULL")
+            if conn.dialect.name == "sqlite"
+            else events.c.contact_id.is_(None)
         )
+        anonymous = select(events.c.id).where(events.c.visitor_id.in_(linked), no_contact)
+        batch.relinked_event_ids = list(conn.execute(anonymous).scalars())
     update_rows(
         conn,
         events,
