@@ -235,7 +235,6 @@ KILLABLE = textwrap.dedent("""
     from tests.conftest import make_app
     from automation.ingest import StreamIngestor
     from tracker.redis_conn import get_redis
-from tracker.sites import create_site
     app = make_app(sys.argv[1], sys.argv[2])
     with app.app_context():
         ing = StreamIngestor(get_redis(app), app.config["EVENT_STREAM"],
