@@ -47,6 +47,32 @@ def post_raw(client, body: bytes | str, origin: str = "https://example.com"):
     return client.post("/e", data=body, headers=headers)
 
 
+def test_a_body_shorter_than_its_content_length_is_refused(app, client, site):
+    body = json.dumps({"site": site.key, "visitor": "visitor-0001", "events": [event()]})
+    headers = {"Content-Type": "text/plain", "Origin": "https://example.com"}
+    # The connection ended early: fewer bytes than announced, read as they are.
+    response = client.post(
+        "/e", data=body[:-10], headers=headers, environ_overrides={"CONTENT_LENGTH": str(len(body))}
+    )
+    assert response.status_code == 400 and response.json["error"]["code"] == "bad_json"
+    assert stream_events(app) == []
+
+
+def test_a_chunked_body_without_content_length_is_read_whole(app, client, site):
+    body = json.dumps({"site": site.key, "visitor": "visitor-0001", "events": [event()]})
+    headers = {
+        "Content-Type": "text/plain",
+        "Origin": "https://example.com",
+        "Transfer-Encoding": "chunked",
+    }
+    # What gunicorn hands over for a chunked request: no length, the input ends itself.
+    response = client.post(
+        "/e", data=body, headers=headers, environ_overrides={"wsgi.input_terminated": True}
+    )
+    assert response.status_code == 204
+    assert len(stream_events(app)) == 1
+
+
 def test_single_event_without_envelope(app, client, site):
     body = json.dumps(
         {
