@@ -120,14 +120,17 @@ def apply_sequences(conn: Connection, spec: AutomationSpec, filename: str) -> in
     segments = dict(conn.execute(select(Segment.name, Segment.id)).all())
     now = utcnow()
     # Locked: a second save of the same sequence must remap from this one's steps, not
-    # from the ones both read first (PostgreSQL; SQLite writes one at a time anyway).
+    # from the ones both read first, and the runner (FOR SHARE) waits for the new steps
+    # (PostgreSQL; SQLite writes one at a time anyway). NO KEY UPDATE, not UPDATE: new
+    # enrolments' foreign-key checks on the sequence go on, so ingestion never deadlocks
+    # with a save.
     before = {
         row.name: row
         for row in conn.execute(
             select(SEQUENCES.c.id, SEQUENCES.c.name, SEQUENCES.c.steps)
             .where(SEQUENCES.c.name.in_([s.name for s in spec.sequences]))
             .order_by(SEQUENCES.c.name)
-            .with_for_update()
+            .with_for_update(key_share=True)
         )
     }
     insert_rows(

@@ -6,6 +6,15 @@ and processes its due steps in order, one transaction per step. Each step's
 UPDATE is conditional on the enrolment still being where this run found it,
 and a send's message is unique per (enrolment, step): a duplicated or
 repeated job does every step once.
+
+A sequence's steps may be edited while a job runs, and the edit moves every
+active enrolment to its step's new index (`automation.sequence_config`). So a
+step is decided with the definition current when its enrolment was read, in
+the same transaction: the read returns the sequence's `updated_at` and locks
+its row against edits until the step commits (PostgreSQL: FOR SHARE, which an
+editor's FOR UPDATE waits for, and which waits for an editor's commit; SQLite:
+the step takes the write lock first, BEGIN IMMEDIATE). A job compiles each
+sequence once and again only when that `updated_at` differs from its own.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from typing import Any
 
 import redis
 from rq import Queue
-from sqlalchemy import Connection, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Row, Select, and_, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from automation.outgoing import UnknownTemplate, create_messages
@@ -113,6 +122,23 @@ def load_sequences(conn: Connection, *conditions: Any) -> list[SequenceDef]:
     """Stored sequences matching the conditions (all of them without any), by id."""
     query = select(SEQUENCES).where(*conditions).order_by(SEQUENCES.c.id)
     return [s for s in map(_compile, conn.execute(query)) if s is not None]
+
+
+@dataclass(frozen=True)
+class HeldSequence:
+    """A sequence as a job compiled it, and the `updated_at` of the row it compiled (`version`).
+
+    `sequence` is None for a row that no longer checks out (see `_compile`).
+    """
+
+    version: datetime
+    sequence: SequenceDef | None
+
+
+def hold_sequence(conn: Connection, sequence_id: int) -> HeldSequence:
+    """The stored sequence compiled, with its version; an enrolment's sequence always exists."""
+    row = conn.execute(select(SEQUENCES).where(SEQUENCES.c.id == sequence_id)).one()
+    return HeldSequence(row.updated_at, _compile(row))
 
 
 # --- Entering --------------------------------------------------------------------------
@@ -279,7 +305,7 @@ def wake_branches(conn: Connection, message_ids: Iterable[int], now: datetime) -
     ids = sorted(set(message_ids))
     if not ids:
         return 0
-    waiting = []
+    waiting: dict[int, list[int]] = defaultdict(list)  # enrolment ids by position
     cache: dict[int, SequenceDef | None] = {}
     for start in range(0, len(ids), CHUNK):
         query = select(ENROLMENTS.c.id, ENROLMENTS.c.sequence_id, ENROLMENTS.c.position).where(
@@ -290,21 +316,34 @@ def wake_branches(conn: Connection, message_ids: Iterable[int], now: datetime) -
         for enrolment_id, sequence_id, position in conn.execute(query):
             if sequence_id not in cache:
                 cache[sequence_id] = load_sequence(conn, sequence_id)
-            sequence = cache[sequence_id]
             # Only a branch step may be woken early: a wait's end is its due time.
-            if (
-                sequence is not None
-                and position < len(sequence.steps)
-                and sequence.steps[position].kind == "branch"
-            ):
-                waiting.append(enrolment_id)
-    if waiting:
-        conn.execute(
-            update(ENROLMENTS)
-            .where(ENROLMENTS.c.id.in_(waiting), ENROLMENTS.c.status == "active")
-            .values(next_at=now, lease_until=None, updated_at=now)
+            if _is_branch(cache[sequence_id], position):
+                waiting[position].append(enrolment_id)
+    if not waiting:
+        return 0
+    # Only where each stood when read: an edit that committed since (before the steps were
+    # compiled, or after) moved it to another step, which may be no branch.
+    return conn.execute(
+        update(ENROLMENTS)
+        .where(
+            ENROLMENTS.c.status == "active",
+            or_(
+                *(
+                    and_(ENROLMENTS.c.position == position, ENROLMENTS.c.id.in_(at))
+                    for position, at in waiting.items()
+                )
+            ),
         )
-    return len(waiting)
+        .values(next_at=now, lease_until=None, updated_at=now)
+    ).rowcount
+
+
+def _is_branch(sequence: SequenceDef | None, position: int) -> bool:
+    return (
+        sequence is not None
+        and position < len(sequence.steps)
+        and sequence.steps[position].kind == "branch"
+    )
 
 
 # --- Finding what is due ---------------------------------------------------------------
@@ -572,9 +611,59 @@ def _postpone_for_template(enrolment_id: int, error: str, now: datetime) -> None
             )
 
 
+def _take_write_lock(conn: Connection) -> None:
+    """On SQLite, take the database's write lock before the step reads anything.
+
+    pysqlite opens a transaction only at the first INSERT or UPDATE, so the
+    step's reads would run before it and an edit could commit between them and
+    the step's write. Taken first, no edit commits between them, and no read
+    snapshot can go stale before the write (SQLITE_BUSY_SNAPSHOT). SQLite
+    writes one at a time anyway, and a step writes.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _locked_enrolment(enrolment_id: int) -> Select[Any]:
+    """The enrolment with its sequence's `updated_at` (`sequence_version`), the sequence row
+    share-locked (PostgreSQL): an edit holding it FOR UPDATE makes this wait for its commit,
+    and no edit commits until this transaction ends. The one query a step made before."""
+    return (
+        select(ENROLMENTS, SEQUENCES.c.updated_at.label("sequence_version"))
+        .join(SEQUENCES, SEQUENCES.c.id == ENROLMENTS.c.sequence_id)
+        .where(ENROLMENTS.c.id == enrolment_id)
+        .with_for_update(read=True, of=SEQUENCES)
+    )
+
+
+def _read_step(
+    conn: Connection, enrolment_id: int, held: dict[int, HeldSequence]
+) -> tuple[Row[Any] | None, SequenceDef | None]:
+    """The enrolment and the definition to decide its step with, as they stand in this
+    transaction, which no edit of the sequence can commit under.
+
+    `held` is what the job compiled before; a sequence it has not seen, or whose
+    version changed, is compiled again here.
+    """
+    _take_write_lock(conn)
+    query = _locked_enrolment(enrolment_id)
+    enrolment = conn.execute(query).first()
+    if enrolment is None:
+        return None, None
+    known = held.get(enrolment.sequence_id)
+    if known is None or known.version != enrolment.sequence_version:
+        known = held[enrolment.sequence_id] = hold_sequence(conn, enrolment.sequence_id)
+        # Read again: when the lock above waited for an edit, PostgreSQL returned the newest
+        # sequence row but the enrolment row from before the edit moved it. (When the job
+        # holds the version locked, it compiled it in an earlier statement: this read's
+        # snapshot had that version already, and the moves that came with it.)
+        enrolment = conn.execute(query).one()
+    return enrolment, known.sequence
+
+
 def _run_one(
     enrolment_id: int,
-    sequences: dict[int, SequenceDef | None],
+    sequences: dict[int, HeldSequence],
     now: datetime,
     caps: Caps,
     result: RunResult,
@@ -583,18 +672,13 @@ def _run_one(
     while True:
         try:
             with db.engine.begin() as conn:
-                enrolment = conn.execute(
-                    select(ENROLMENTS).where(ENROLMENTS.c.id == enrolment_id)
-                ).first()
+                enrolment, sequence = _read_step(conn, enrolment_id, sequences)
                 if (
                     enrolment is None
                     or enrolment.status != "active"
                     or as_utc(enrolment.next_at) > now
                 ):
                     return
-                if enrolment.sequence_id not in sequences:
-                    sequences[enrolment.sequence_id] = load_sequence(conn, enrolment.sequence_id)
-                sequence = sequences[enrolment.sequence_id]
                 if sequence is None or not sequence.enabled:
                     # Paused with its sequence; the finder skips it until it is enabled again.
                     conn.execute(
@@ -622,7 +706,7 @@ def run_due(enrolment_ids: Sequence[int], now: datetime, caps: Caps) -> RunResul
     try:
         with db.engine.begin() as conn:
             claimed = claim(conn, enrolment_ids, now)
-        sequences: dict[int, SequenceDef | None] = {}
+        sequences: dict[int, HeldSequence] = {}
         for enrolment_id in claimed:
             _run_one(enrolment_id, sequences, now, caps, result)
             result.enrolments += 1

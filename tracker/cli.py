@@ -172,13 +172,14 @@ def automation_load(path: str) -> None:
     """Create or update (by name) everything in a YAML/JSON rules file, or nothing."""
     from automation.config_file import ConfigFileError, parse
     from automation.config_store import apply
+    from automation.sequence_config import steps_edit
     from tracker.admin.configure import TOO_LARGE, UNFIT, ItemRefused, refuse_huge_numbers
 
     try:
         text = Path(path).read_text(encoding="utf-8")
         refuse_huge_numbers(text)
         spec = parse(text, path)
-        with db.engine.begin() as conn:
+        with steps_edit() as edit, db.engine.begin() as conn:
             counts = apply(conn, spec, path)
     except ConfigFileError as e:
         raise click.ClickException("nothing was changed:\n" + "\n".join(e.problems)) from e
@@ -190,6 +191,8 @@ def automation_load(path: str) -> None:
         raise click.ClickException(f"{path} is not UTF-8 text") from e
     changed = counts.pop("changed segments")
     click.echo(", ".join(f"{n} {what}" for what, n in counts.items()) + " loaded")
+    for report in edit.reports:  # where sequences whose steps changed left their people
+        click.echo(report.summary() + ".")
     if changed:
         from rq import Queue
 

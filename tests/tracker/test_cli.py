@@ -104,3 +104,55 @@ def test_the_demo_makes_a_first_admin_once_and_its_password_logs_in(app, capsys)
         },
     )
     assert response.status_code == 302
+
+
+def test_automation_load_says_where_people_in_an_edited_sequence_now_stand(app, tmp_path):
+    from datetime import timedelta
+
+    from tracker.email_models import Enrolment, Sequence
+    from tracker.models import Contact, utcnow
+
+    templates = (
+        "templates:\n"
+        "  - {name: welcome, subject: Welcome, html: <p>Welcome</p>}\n"
+        "  - {name: pricing, subject: Prices, html: <p>Prices</p>}\n"
+    )
+    rules = tmp_path / "rules.yaml"
+
+    def load(steps: str):
+        rules.write_text(f"{templates}sequences:\n  - name: Drip\n    steps: {steps}\n")
+        return app.test_cli_runner().invoke(args=["automation", "load", str(rules)])
+
+    first = load("[{send: welcome}, {wait: 2d}, {send: pricing}, {wait: 1d}, {send: welcome}]")
+    assert first.exit_code == 0, first.output
+    assert "kept their place" not in first.output  # a new sequence has nobody in it
+    with app.app_context():
+        drip = db.session.scalar(select(Sequence.id).where(Sequence.name == "Drip"))
+        for i, position in enumerate((0, 2, 2, 4)):
+            contact = Contact(email=f"p{i}@x.test")
+            db.session.add(contact)
+            db.session.flush()
+            db.session.add(
+                Enrolment(
+                    sequence_id=drip,
+                    contact_id=contact.id,
+                    position=position,
+                    cause="test",
+                    next_at=utcnow() + timedelta(days=1),
+                )
+            )
+        db.session.commit()
+    # Pricing goes: the two waiting for it move on to the wait after it.
+    edited = load("[{send: welcome}, {wait: 2d}, {wait: 1d}, {send: welcome}]")
+    assert edited.exit_code == 0, edited.output
+    assert edited.output.splitlines()[1:] == [
+        "2 people in sequence 'Drip' kept their place; "
+        "2 at a removed step moved on to step 3 (wait 1d)."
+    ]
+    with app.app_context():
+        positions = db.session.scalars(select(Enrolment.position).order_by(Enrolment.id)).all()
+        assert positions == [0, 2, 2, 3]
+    # The same steps again move nobody, and say nothing of places.
+    again = load("[{send: welcome}, {wait: 2d}, {wait: 1d}, {send: welcome}]")
+    assert again.exit_code == 0, again.output
+    assert "place" not in again.output
