@@ -201,6 +201,24 @@ def apply_retention() -> dict[str, int]:
     return {"events": result.deleted, "points_detached": result.points_detached}
 
 
+def purge_events(months: int) -> dict[str, int | str | None]:
+    """Delete raw events older than `months` months whose days the rollups hold (admin's Purge)."""
+    from automation.retention import purge_expired_events
+    from tracker.db import db
+    from tracker.models import utcnow
+
+    try:
+        result = purge_expired_events(db.engine, months, utcnow())
+    finally:
+        db.session.remove()
+    return {
+        "cutoff": result.cutoff.isoformat(timespec="seconds") if result.cutoff else None,
+        "events": result.deleted,
+        "points_detached": result.points_detached,
+        "days_kept": len(result.uncovered_days),
+    }
+
+
 def refresh_attribution() -> dict[str, int]:
     """Recompute the campaign credit of contacts marked since the last run (all of them
     after a campaign's codes, emails or sequences changed); the scheduler runs it every

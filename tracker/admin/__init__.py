@@ -131,6 +131,7 @@ from tracker.admin import (  # noqa: E402, F401
     opportunities,
     outbox,
     reports,
+    retention,
     sales,
     views_auth,
 )
