@@ -372,6 +372,36 @@ def recompute(conn: Connection, ids: list[int], index: CampaignIndex) -> int:
     return len(rows)
 
 
+def _claim_current(conn: Connection, chunk: int, keys: list[CampaignKeys]) -> list[int] | None:
+    """Claim marked contacts, unless the campaigns changed since `keys` were read: then
+    None, and the caller rolls the claim back.
+
+    Checked after claiming, in the same transaction: on PostgreSQL the share lock makes
+    a campaign change that is committing wait for this chunk, or this chunk for it; on
+    SQLite the claim holds the write lock. Either way no contact is recomputed with
+    old campaigns after everyone was marked for the new ones.
+    """
+    ids = _claim(conn, chunk)
+    query = select(state.c.fingerprint).where(state.c.id == 1)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    if conn.execute(query).scalar() != fingerprint(keys):
+        return None
+    return ids
+
+
+def _recompute_chunk(engine: Engine, chunk: int, keys: list[CampaignKeys]) -> int | None:
+    """One transaction: claim and recompute up to `chunk` contacts; None when the campaigns
+    changed meanwhile (nothing done: the next run starts over with the new ones)."""
+    with engine.connect() as conn, conn.begin() as transaction:
+        ids = _claim_current(conn, chunk, keys)
+        if ids is None:
+            transaction.rollback()
+            return None
+        recompute(conn, ids, CampaignIndex.build(keys))
+    return len(ids)
+
+
 def refresh(engine: Engine, seconds: float = REFRESH_SECONDS, chunk: int = REFRESH_CHUNK) -> int:
     """Recompute marked contacts, a chunk per transaction, for up to `seconds`.
 
@@ -382,13 +412,12 @@ def refresh(engine: Engine, seconds: float = REFRESH_SECONDS, chunk: int = REFRE
     with engine.begin() as conn:
         keys = campaign_keys(conn)
         _follow_campaigns(conn, keys)
-    index = CampaignIndex.build(keys)
     while True:
-        with engine.begin() as conn:
-            ids = _claim(conn, chunk)
-            recompute(conn, ids, index)
-        done += len(ids)
-        if len(ids) < chunk or time.monotonic() >= deadline:
+        count = _recompute_chunk(engine, chunk, keys)
+        if count is None:
+            return done
+        done += count
+        if count < chunk or time.monotonic() >= deadline:
             return done
 
 
@@ -406,8 +435,8 @@ def catch_up(engine: Engine, chunk: int | None = None) -> int:
         waiting = pending(conn)
     if not waiting or waiting > chunk:
         return waiting
-    with engine.begin() as conn:
-        recompute(conn, _claim(conn, chunk), CampaignIndex.build(keys))
+    _recompute_chunk(engine, chunk, keys)
+    with engine.connect() as conn:
         return pending(conn)
 
 

@@ -291,3 +291,40 @@ def test_erased_credit_of_a_deleted_campaign_goes_to_no_campaign(app):
         assert ids.b not in after
         assert after[None]["leads"] == nobody_leads + 1
         assert day_sums("first") == credit_sums("first")
+
+
+def test_a_campaign_change_during_a_refresh_is_never_computed_with_the_old_one(app, monkeypatch):
+    """The job read the campaigns; then a report saw them change and marked everyone. The
+    job's next chunk must not recompute anyone with what it read before."""
+    with app.app_context():
+        ids = build_dataset()
+        store.refresh(db.engine)
+        follow = store._follow_campaigns
+        calls: list[int] = []
+
+        def change_after_reading(conn, keys):
+            changed = follow(conn, keys)
+            calls.append(1)
+            if len(calls) > 1:  # the report page's own look at the campaigns
+                return changed
+            # What an admin and a report page do meanwhile, in their own transactions.
+            with db.engine.begin() as other:
+                other.execute(
+                    update(Campaign.__table__)
+                    .where(Campaign.__table__.c.id == ids.a)
+                    .values(utm_campaigns=["nothing-matches"])
+                )
+            store.catch_up(db.engine, chunk=1)  # sees the change: marks all six
+            return changed
+
+        with db.engine.begin() as conn:
+            store.mark_all(conn)
+        monkeypatch.setattr(store, "_follow_campaigns", change_after_reading)
+        assert store.refresh(db.engine) == 0  # stopped at its first chunk
+        monkeypatch.setattr(store, "_follow_campaigns", follow)
+        assert store.pending(db.session.connection()) == 6
+        store.refresh(db.engine)
+        now = figures("first")
+        assert now[ids.a]["leads"] == 0  # spring no longer counts
+        assert now[None]["leads"] == 3
+        assert day_sums("first") == credit_sums("first")
