@@ -10,7 +10,6 @@ no end means no limit.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from fractions import Fraction
@@ -19,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, or_, select, true
 
 from automation import attribution_store, rollups
-from automation.attribution import CampaignIndex, CampaignKeys
+from automation.attribution import CampaignIndex
 from automation.report_tables import (
     CostPeriod,
     band_label,
@@ -146,19 +145,11 @@ def roi_cells(row: RoiRow) -> list[Any]:
     ]
 
 
-def _campaign_keys(campaigns: Iterable[Campaign]) -> list[CampaignKeys]:
-    return [
-        CampaignKeys.of(c.id, c.utm_campaigns or (), c.template_ids or (), c.sequence_ids or ())
-        for c in campaigns
-    ]
-
-
 def roi_report(model: str, period: Period) -> RoiReport:
     """Per campaign: visitors, attributed leads, MQLs, conversions, deals, revenue; cost, ROI."""
     waiting = attribution_store.catch_up(db.engine)
     campaigns = list(db.session.scalars(select(Campaign).order_by(Campaign.name, Campaign.id)))
-    keys = _campaign_keys(campaigns)
-    index = CampaignIndex.build(keys)
+    index = CampaignIndex.build(attribution_store.campaign_keys(db.session.connection()))
     costs: dict[int, list[CostPeriod]] = defaultdict(list)
     for row in db.session.execute(
         select(

@@ -17,11 +17,12 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from automation.actions import set_stage
-from automation.attribution import CampaignKeys, Touch, campaign_for_touches
+from automation.attribution import Touch, campaign_for_touches
+from automation.attribution_store import campaign_keys
 from tracker.email_models import Enrolment, Message
 from tracker.errors import ClosedLoopError
 from tracker.models import Contact, Event, Visitor, as_utc
-from tracker.sales_models import Campaign, LeadAction, Opportunity
+from tracker.sales_models import LeadAction, Opportunity
 
 ACTIONS = {
     "accept": "sql",
@@ -185,14 +186,7 @@ def act_on_lead(
 
 def campaign_for(conn: Connection, contact_id: int, before: datetime) -> int | None:
     """The campaign of the contact's last campaign touch at or before `before`, or None."""
-    campaigns = [
-        CampaignKeys.of(id, codes or (), templates or (), sequences or ())
-        for id, codes, templates, sequences in conn.execute(
-            select(
-                Campaign.id, Campaign.utm_campaigns, Campaign.template_ids, Campaign.sequence_ids
-            )
-        )
-    ]
+    campaigns = campaign_keys(conn)
     if not campaigns:
         return None
     touches = [
