@@ -46,7 +46,6 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from automation.attribution import (
     CampaignIndex,
@@ -56,7 +55,7 @@ from automation.attribution import (
     campaign_touches,
     contact_credits,
 )
-from automation.bulk import insert_rows
+from automation.bulk import dialect_insert, insert_rows
 from tracker.automation_models import StageChange
 from tracker.email_models import Enrolment, Message
 from tracker.models import Contact, Event, Visitor, as_utc, utcnow
@@ -88,10 +87,6 @@ credits = AttributionCredit.__table__
 days = AttributionDay.__table__
 dirty = AttributionDirty.__table__
 state = AttributionState.__table__
-
-
-def _insert(conn: Connection, table: Any) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def _ids_in(conn: Connection, column: Any, ids: list[int]) -> Any:
@@ -138,7 +133,7 @@ def _follow_campaigns(conn: Connection, keys: list[CampaignKeys]) -> bool:
     mark_all(conn)
     _orphans_to_nobody(conn, [k.id for k in keys])
     values = {"fingerprint": current, "updated_at": utcnow()}
-    stmt = _insert(conn, state).values(id=1, **values)
+    stmt = dialect_insert(conn, state).values(id=1, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=values))
     return True
 
@@ -175,7 +170,7 @@ def mark_all(conn: Connection) -> None:
     """Mark every contact (campaign definitions changed)."""
     # WHERE true: SQLite cannot otherwise tell ON CONFLICT from a join's ON.
     everyone = select(Contact.__table__.c.id).where(true())
-    stmt = _insert(conn, dirty).from_select(["contact_id"], everyone)
+    stmt = dialect_insert(conn, dirty).from_select(["contact_id"], everyone)
     conn.execute(stmt.on_conflict_do_nothing())
 
 

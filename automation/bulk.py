@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Table, case, text
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 
@@ -33,6 +33,11 @@ def _dumps(rows: Sequence[dict[str, Any]]) -> str:
 def _recordset(table: Table, columns: tuple[str, ...], dialect: Any) -> str:
     types = ", ".join(f'"{c}" {table.c[c].type.compile(dialect=dialect)}' for c in columns)
     return f"jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({types})"
+
+
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """`INSERT` in the connection's dialect, which offers `on_conflict_do_…`."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def insert_rows(

@@ -4,7 +4,7 @@ Two kinds of metric, kept two ways:
 
 - Event metrics (pageviews, human email opens and clicks, distinct visitors, per
   UTM campaign distinct visitors) are added by ingestion from the events that were
-  NEW in a batch (`add_events`), so a re-delivered batch adds nothing. Distinct
+  NEW in a batch (`add_facts`), so a re-delivered batch adds nothing. Distinct
   visitors stay exact: a (campaign, day, visitor) row is inserted once, and only a
   row that was really inserted counts.
 - Row metrics (leads created, stage changes per target stage, leads per first-touch
@@ -25,14 +25,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
-    BigInteger,
     Connection,
     Date,
     String,
     and_,
-    any_,
-    bindparam,
     case,
     cast,
     delete,
@@ -41,9 +37,8 @@ from sqlalchemy import (
     literal,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from automation.bulk import insert_rows
+from automation.bulk import dialect_insert, insert_rows
 from automation.funnel import STAGES, in_days, stage_waits
 from tracker.automation_models import StageChange
 from tracker.email_models import Message
@@ -121,10 +116,6 @@ def tally(events: Iterable[EventFacts]) -> tuple[Counter[Key], set[tuple[str, da
     return counts, seen
 
 
-def _insert(conn: Connection, table: Any) -> Any:
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
-
-
 def _add_counts(conn: Connection, counts: Mapping[Key, int], zeros: bool = False) -> None:
     """Add to the day counters in one statement, in key order (concurrent batches lock alike);
     a zero is only written with `zeros` (where "none" is an answer worth keeping)."""
@@ -137,38 +128,6 @@ def _add_counts(conn: Connection, counts: Mapping[Key, int], zeros: bool = False
     insert_rows(
         conn, RollupDay.__table__, rows, conflict=("day", "metric", "key"), update={"value": "add"}
     )
-
-
-def _facts(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
-    events = Event.__table__
-    columns = (
-        events.c.occurred_at,
-        events.c.type,
-        events.c.is_bot,
-        events.c.visitor_id,
-        events.c.utm_campaign,
-        events.c.contact_id,
-    )
-    if conn.dialect.name == "postgresql":
-        ids = bindparam("rollup_ids", event_ids, type_=ARRAY(BigInteger))
-        queries = [select(*columns).where(events.c.id == any_(ids))]
-    else:
-        queries = [
-            select(*columns).where(events.c.id.in_(event_ids[start : start + 1000]))
-            for start in range(0, len(event_ids), 1000)
-        ]
-    return [EventFacts(*row) for query in queries for row in conn.execute(query)]
-
-
-def add_events(conn: Connection, event_ids: list[int]) -> list[EventFacts]:
-    """Add newly stored events, read back by id, to the rollups; return what was read.
-
-    Give it only ids that were new in this transaction: that is what makes a
-    re-delivered batch count nothing.
-    """
-    if not event_ids:
-        return []
-    return add_facts(conn, _facts(conn, event_ids))
 
 
 def facts_of(rows: Iterable[Mapping[str, Any]]) -> list[EventFacts]:
@@ -234,7 +193,7 @@ def _upsert_select(conn: Connection, query: Any, add: bool = False) -> None:
     """INSERT (day, metric, key, value) FROM a grouped query; a counter already there is
     replaced, or with `add` added to (a rebuild meets a day again in the next chunk)."""
     table = RollupDay.__table__
-    stmt = _insert(conn, table).from_select(["day", "metric", "key", "value"], query)
+    stmt = dialect_insert(conn, table).from_select(["day", "metric", "key", "value"], query)
     value = table.c.value + stmt.excluded.value if add else stmt.excluded.value
     stmt = stmt.on_conflict_do_update(
         index_elements=["day", "metric", "key"], set_={"value": value}
@@ -398,7 +357,7 @@ def rebuild(
             ),
         ):
             query = select(campaign, day, events.c.visitor_id).where(chunk, extra).distinct()
-            stmt = _insert(conn, seen).from_select(["campaign", "day", "visitor_id"], query)
+            stmt = dialect_insert(conn, seen).from_select(["campaign", "day", "visitor_id"], query)
             conn.execute(stmt.on_conflict_do_nothing())
         _upsert_select(
             conn,
