@@ -188,12 +188,8 @@ def update_rows(
     table: Table,
     rows: Sequence[dict[str, Any]],
     key: str,
-    only_where_null: str | None = None,
 ) -> None:
-    """Set each row's other columns on the table rows whose `key` column equals the row's.
-
-    With `only_where_null`, only table rows where that column is NULL are changed.
-    """
+    """Set each row's other columns on the table rows whose `key` column equals the row's."""
     if not rows:
         return
     columns = tuple(rows[0])
@@ -201,8 +197,6 @@ def update_rows(
         sets = ", ".join(f'"{c}" = r."{c}"' for c in columns if c != key)
         source = _recordset(table, columns, conn.dialect)
         sql = f'UPDATE "{table.name}" AS t SET {sets} FROM {source} WHERE t."{key}" = r."{key}"'
-        if only_where_null:
-            sql += f' AND t."{only_where_null}" IS NULL'
         conn.execute(text(sql), {"rows": _dumps(rows)})
         return
     # Straight to the driver, values converted by SQLAlchemy's own bind processors:
@@ -212,7 +206,6 @@ def update_rows(
         f'UPDATE "{table.name}" SET '
         + ", ".join(f'"{c}" = ?' for c in sets)
         + f' WHERE "{key}" = ?'
-        + (f' AND "{only_where_null}" IS NULL' if only_where_null else "")
     )
     order = (*sets, key)
     processors = _dialect_processors(table, order, conn.dialect)

@@ -24,7 +24,6 @@ from sqlalchemy import (
     case,
     func,
     select,
-    text,
     update,
 )
 
@@ -225,27 +224,27 @@ def _link_identities(
             links.append({"id": visitor_id, "contact_id": contact_id})
             visitors[key] = (visitor_id, contact_id)
     update_rows(conn, Visitor.__table__, links, key="id")
-    events = Event.__table__
     if links:
+        # The linked visitors' events are read through their own index and the anonymous
+        # ones picked here, then changed by primary key: a "contact_id IS NULL" term lets
+        # the planner walk every anonymous event through the contact index instead (SQLite
+        # always could; PostgreSQL does while a young table's statistics say it is tiny).
+        # The visitor rows updated above are locked, so no other link of theirs interleaves.
+        events = Event.__table__
+        contact_of = {link["id"]: link["contact_id"] for link in links}
+        history = conn.execute(
+            select(events.c.id, events.c.visitor_id, events.c.contact_id).where(
+                events.c.visitor_id.in_(sorted(contact_of))
+            )
+        ).all()
+        relinked = [
+            {"id": id_, "contact_id": contact_of[visitor_id]}
+            for id_, visitor_id, contact_id in history
+            if contact_id is None
+        ]
         # The anonymous history about to be given to a contact is scored for it.
-        linked = [link["id"] for link in links]
-        # SQLite would pick the (contact_id, occurred_at) index for "contact_id IS NULL" and
-        # walk every anonymous event there is; a unary + keeps that term off any index, so
-        # the visitors' own index finds just theirs.
-        no_contact = (
-            text("+events.contact_id IS NULL")
-            if conn.dialect.name == "sqlite"
-            else events.c.contact_id.is_(None)
-        )
-        anonymous = select(events.c.id).where(events.c.visitor_id.in_(linked), no_contact)
-        batch.relinked_event_ids = list(conn.execute(anonymous).scalars())
-    update_rows(
-        conn,
-        events,
-        [{"visitor_id": link["id"], "contact_id": link["contact_id"]} for link in links],
-        key="visitor_id",
-        only_where_null="contact_id",
-    )
+        batch.relinked_event_ids = [row["id"] for row in relinked]
+        update_rows(conn, events, relinked, key="id")
     batch.identified_contacts.update(contact_ids.values())
 
 

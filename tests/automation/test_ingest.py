@@ -151,6 +151,32 @@ def test_identify_gives_the_contact_the_anonymous_history(app, client, site):
         assert count(app, Event) == 4
 
 
+def test_identify_takes_only_that_browsers_events_still_anonymous(app, client, site):
+    post_events(client, site.key, [event(url="https://example.com/a")], visitor="shared-0001")
+    post_events(client, site.key, [event(url="https://example.com/b")], visitor="other-00001")
+    ingest_all(app)
+    post_events(
+        client, site.key, [event("identify", email="ada@example.com")], visitor="shared-0001"
+    )
+    ingest_all(app)
+    # Someone else signs in on the same browser: what was Ada's stays hers.
+    post_events(
+        client, site.key, [event("identify", email="bob@example.com")], visitor="shared-0001"
+    )
+    ingest_all(app)
+    with app.app_context():
+        ids = dict(db.session.execute(select(Contact.email, Contact.id)).all())
+        owners = db.session.execute(
+            select(Event.url, Event.type, Event.contact_id).order_by(Event.id)
+        ).all()
+        assert [(url, kind, owner) for url, kind, owner in owners] == [
+            ("https://example.com/a", "pageview", ids["ada@example.com"]),
+            ("https://example.com/b", "pageview", None),
+            ("https://example.com/", "identify", ids["ada@example.com"]),
+            ("https://example.com/", "identify", ids["bob@example.com"]),
+        ]
+
+
 def test_two_devices_with_one_email_are_one_contact(app, client, site):
     post_events(client, site.key, [event(url="https://example.com/phone")], visitor="phone-00001")
     post_events(
