@@ -4,10 +4,11 @@
 
 For SQLite (a temp file) and PostgreSQL (a throwaway database on 127.0.0.1:5432,
 skipped when it does not answer): fill a private Redis stream with N stamped events,
-time one StreamIngestor (batch 1000) draining it with `run_once(wait=False)`, check
-the events table holds N rows; then, on a fresh schema in the same kind of database,
-time the same rows inserted with plain multi-row INSERTs (no Redis, no upserts, 1000
-rows per transaction). Everything it starts or creates is removed at the end.
+time one StreamIngestor (batch 1000) draining it with `run()`, the loop an ingestion
+job runs, and check the events table holds N rows; then, on a fresh schema in the same
+kind of database, time the rows ingestion stored inserted again with plain multi-row
+INSERTs (no Redis, no upserts, 1000 rows per transaction; their visitors and contacts
+copied first, untimed). Everything it starts or creates is removed at the end.
 The last line is machine-readable `key=value` figures.
 """
 
@@ -132,27 +133,27 @@ def time_ingest(
         )
         ingestor.ensure_group()
         profiler = cProfile.Profile() if profile else None
-        read = stored = dead = batches = 0
+        totals = {"read": 0, "batches": 0}
         cut = False
         started = time.perf_counter()
-        last_print = started
+        last_print = [started]
+
+        def on_batch(result: Any) -> None:
+            totals["read"] += result.read
+            totals["batches"] += 1
+            now = time.perf_counter()
+            if now - last_print[0] >= 5:
+                rate = totals["read"] / (now - started)
+                print(f"    … {totals['read']:,} read and stored, {rate:,.0f} events/s")
+                last_print[0] = now
+
         if profiler:
             profiler.enable()
-        while True:
-            result = ingestor.run_once(wait=False)
-            if not result.read:
-                break
-            batches += 1
-            read += result.read
-            stored += result.stored
-            dead += result.dead
-            now = time.perf_counter()
-            if now - last_print >= 5:
-                print(f"    … {read:,} read and stored, {read / (now - started):,.0f} events/s")
-                last_print = now
-            if now - started > budget:
-                cut = True
-                break
+        # The loop an ingestion job runs (a reader thread one batch ahead of the storing),
+        # until the stream is drained or the budget is spent.
+        total = ingestor.run(budget, on_batch=on_batch, should_stop=lambda: totals["read"] >= n)
+        read, stored, dead, batches = total.read, total.stored, total.dead, totals["batches"]
+        cut = read < n
         elapsed = time.perf_counter() - started
         if profiler:
             profiler.disable()
@@ -174,37 +175,43 @@ def time_ingest(
     }
 
 
-def time_plain_insert(app: Any, entries: list[bytes], budget: float) -> dict[str, Any]:
-    """Insert the same rows with plain multi-row INSERTs: 1000 rows per transaction,
-    no upserts, no conflict handling, one fixed visitor."""
+def stored_rows(app: Any) -> dict[str, list[dict[str, Any]]]:
+    """The contacts, visitors and events the ingest run stored, in the order it stored them."""
+    from sqlalchemy import select
+
+    from tracker.db import db
+    from tracker.models import Contact, Event, Visitor
+
+    with app.app_context(), db.engine.connect() as conn:
+        return {
+            model.__tablename__: [
+                dict(row)
+                for row in conn.execute(
+                    select(model.__table__).order_by(model.__table__.c.id)
+                ).mappings()
+            ]
+            for model in (Contact, Visitor, Event)
+        }
+
+
+def time_plain_insert(
+    app: Any, stored: dict[str, list[dict[str, Any]]], budget: float
+) -> dict[str, Any]:
+    """Insert the events ingestion stored, as they are, with plain multi-row INSERTs:
+    1000 rows per transaction, no upserts, no conflict handling. Their contacts and
+    visitors are copied first, untimed, so every row refers to what it did."""
     from sqlalchemy import insert
 
-    from automation.rows import event_row
     from tracker.db import db
-    from tracker.models import Event, Visitor, utcnow
+    from tracker.models import Contact, Event, Visitor
 
     with app.app_context():
-        site_id = json.loads(entries[0])["site"]
-        now = utcnow()
         with db.engine.begin() as conn:
-            visitor_id = conn.execute(
-                insert(Visitor.__table__)
-                .values(
-                    site_id=site_id,
-                    key="bench-visitor",
-                    first_seen=now,
-                    last_seen=now,
-                    is_bot=False,
-                )
-                .returning(Visitor.__table__.c.id)
-            ).scalar_one()
-        # Rows are prepared outside the timed part: this is the database's share only.
-        rows = []
-        for entry in entries:
-            row = event_row(json.loads(entry))
-            del row["visitor_key"]
-            row.update(visitor_id=visitor_id, contact_id=None, ingested_at=now)
-            rows.append(row)
+            for model in (Contact, Visitor):
+                if stored[model.__tablename__]:
+                    conn.execute(insert(model.__table__), stored[model.__tablename__])
+        # The database numbers the events again, as it did for ingestion.
+        rows = [{k: v for k, v in row.items() if k != "id"} for row in stored["events"]]
         table = Event.__table__
         inserted = 0
         cut = False
@@ -267,7 +274,7 @@ def bench_database(
         f"  stream filled: {client.xlen(app.config['EVENT_STREAM']):,} entries "
         f"in {filled:.1f}s (pipelines of {BATCH}, not timed below)"
     )
-    print(f"  ingesting with one StreamIngestor, batch {BATCH}, run_once(wait=False) to empty …")
+    print(f"  ingesting with one StreamIngestor, batch {BATCH}, run() until the stream is empty …")
     ingest = time_ingest(app, n, args.budget, args.profile, args.statements)
     if ingest["cut"]:  # partial drain: what was read must be in the table, the rest left
         ok = (
@@ -283,7 +290,7 @@ def bench_database(
     )
     if ingest["stored"] != ingest["in_table"]:
         print(
-            f"  note: run_once() reported {ingest['stored']:,} stored but the table holds "
+            f"  note: run() reported {ingest['stored']:,} stored but the table holds "
             f"{ingest['in_table']:,} (store_batch counts with cursor.rowcount)"
         )
     want = ingest["read"] - ingest["dead"] if ingest["cut"] else n
@@ -294,6 +301,7 @@ def bench_database(
     )
     if ingest["profiler"]:
         print_profile(ingest["profiler"], label)
+    stored = stored_rows(app)
     with app.app_context():
         db.engine.dispose()
 
@@ -302,10 +310,12 @@ def bench_database(
     common.migrate(app)
     common.create_site(app, ["127.0.0.1"])
     print(
-        f"  plain insert baseline on a fresh schema: same rows, INSERT … VALUES in chunks "
+        f"  plain insert baseline on a fresh schema: the {len(stored['events']):,} events "
+        f"ingestion stored (their {len(stored['visitors']):,} visitors and "
+        f"{len(stored['contacts']):,} contacts copied first, untimed), INSERT … VALUES "
         f"executemany, {BATCH} rows per transaction, no Redis, no upserts …"
     )
-    plain = time_plain_insert(app, entries, args.budget)
+    plain = time_plain_insert(app, stored, args.budget)
     print(
         f"  plain insert: {plain['inserted']:,} rows in {plain['seconds']:.2f}s = "
         f"{common.fmt_rate(plain['eps'])} rows/s (table holds {plain['in_table']:,})"
