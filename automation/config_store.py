@@ -16,6 +16,7 @@ from automation.segments import SegmentDef, dependency_order
 from automation.sequence_config import apply_sequences, export_sequences
 from automation.template_source import export_templates, save_template
 from tracker.automation_models import DecayPolicy, ScoringRule, Segment, Threshold, Webhook
+from tracker.db import take_write_lock
 from tracker.models import Site, utcnow
 
 
@@ -102,6 +103,9 @@ def apply(conn: Connection, spec: AutomationSpec, filename: str = "<rules>") -> 
 
     The result's "changed segments" lists the ids whose membership must be rebuilt.
     """
+    # What is read below decides what is written (a sequence's old steps, its enrolments'
+    # new places): on SQLite nobody may commit in between.
+    take_write_lock(conn)
     sites = _site_ids(conn, spec, filename)
     now = utcnow()
     changed_segments = _segments(conn, spec, filename, now)

@@ -47,7 +47,7 @@ from automation.sequence_steps import (
     zone,
 )
 from tracker.automation_models import Segment, SegmentMember
-from tracker.db import db
+from tracker.db import db, take_write_lock
 from tracker.email_models import Enrolment, EnrolmentLog, Message
 from tracker.email_models import Sequence as SequenceRow
 from tracker.models import Contact, Event, Site, Visitor, as_utc
@@ -611,19 +611,6 @@ def _postpone_for_template(enrolment_id: int, error: str, now: datetime) -> None
             )
 
 
-def _take_write_lock(conn: Connection) -> None:
-    """On SQLite, take the database's write lock before the step reads anything.
-
-    pysqlite opens a transaction only at the first INSERT or UPDATE, so the
-    step's reads would run before it and an edit could commit between them and
-    the step's write. Taken first, no edit commits between them, and no read
-    snapshot can go stale before the write (SQLITE_BUSY_SNAPSHOT). SQLite
-    writes one at a time anyway, and a step writes.
-    """
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def _locked_enrolment(enrolment_id: int) -> Select[Any]:
     """The enrolment with its sequence's `updated_at` (`sequence_version`), the sequence row
     share-locked (PostgreSQL): an edit holding it FOR UPDATE makes this wait for its commit,
@@ -645,7 +632,7 @@ def _read_step(
     `held` is what the job compiled before; a sequence it has not seen, or whose
     version changed, is compiled again here.
     """
-    _take_write_lock(conn)
+    take_write_lock(conn)
     query = _locked_enrolment(enrolment_id)
     enrolment = conn.execute(query).first()
     if enrolment is None:

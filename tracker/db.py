@@ -6,7 +6,7 @@ import sqlite3
 
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import MetaData, event
+from sqlalchemy import Connection, MetaData, event
 from sqlalchemy.engine import Engine
 
 # Named constraints keep Alembic migrations identical on SQLite and PostgreSQL.
@@ -34,3 +34,16 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous = FULL")
     cursor.execute("PRAGMA busy_timeout = 10000")
     cursor.close()
+
+
+def take_write_lock(conn: Connection) -> None:
+    """On SQLite, take the database's write lock now, before the transaction reads anything.
+
+    pysqlite opens a transaction only at the first INSERT or UPDATE, so a
+    read-then-write would read outside any transaction: another writer could
+    commit between the read and the write, and the write would act on what it
+    replaced. Taken first, nobody commits in between (SQLite writes one at a
+    time anyway). PostgreSQL needs nothing here; callers lock the rows they read.
+    """
+    if conn.dialect.name == "sqlite" and not conn.connection.driver_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

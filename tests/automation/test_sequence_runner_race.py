@@ -284,10 +284,9 @@ def test_an_edit_waits_for_the_step_the_runner_is_deciding(drip, monkeypatch):
         return facts(*args)
 
     def locking(statement: str) -> bool:
-        # The lock the edit takes on the sequence (PostgreSQL), its first write (SQLite).
+        # The lock the edit takes on the sequence (PostgreSQL), on the database (SQLite).
         return threading.current_thread() is editor and (
-            "FOR NO KEY UPDATE" in statement
-            or statement.lstrip().startswith("INSERT INTO sequences")
+            "FOR NO KEY UPDATE" in statement or statement.startswith("BEGIN IMMEDIATE")
         )
 
     monkeypatch.setattr(sequence_runner, "_contact_facts", edit_mid_step)
@@ -394,3 +393,37 @@ def test_an_edit_in_progress_does_not_hold_up_new_enrolments(drip):
         ingestion.commit()
     with app.app_context():
         assert db.session.get(Enrolment, enrolment_id).contact_id == contact_id
+
+
+EXTENDED = EDITED.replace("{send: pricing}]", "{send: pricing}, {wait: 1d}, {send: intro}]")
+"""The edited Drip with two steps more at the end: steps 0-3 stay where they are."""
+
+
+def test_two_saves_at_once_the_second_moves_people_from_the_first_ones_steps(drip):
+    """The second save waits for the first and remaps from the steps that one wrote: read
+    before the first committed, it would move people who already moved a second time."""
+    app = drip
+    now = utcnow()
+    (enrolment_id,) = enrolled(app, 1, now)
+    with app.app_context(), db.engine.begin() as conn:
+        conn.execute(Enrolment.__table__.update().values(position=2))  # waiting at pricing
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    def second_save() -> None:
+        started.set()
+        try:
+            load(app, EXTENDED)
+        except BaseException as e:  # reported by the test thread
+            failed.append(e)
+
+    with editing(app, EDITED):
+        saver = threading.Thread(target=second_save)
+        saver.start()
+        assert started.wait(WAIT)
+        wait_until_blocked(app, is_postgresql(app))
+    saver.join(WAIT)
+    assert not saver.is_alive() and not failed
+    assert steps_of_drip(app)[-1] == {"send": "intro"}
+    status, position, _ = standing(app, enrolment_id)
+    assert (status, position) == ("active", 3)  # pricing: moved on by the first save only
