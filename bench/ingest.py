@@ -1,6 +1,7 @@
 """Benchmark ingestion: one StreamIngestor draining a pre-filled stream, against plain INSERTs.
 
-    .venv/bin/python bench/ingest.py [--events 50000] [--budget 35] [--profile] [--statements]
+    .venv/bin/python bench/ingest.py [--events 50000] [--rounds 3] [--budget 35]
+                                     [--profile] [--statements] [--databases sqlite,pg]
 
 For SQLite (a temp file) and PostgreSQL (a throwaway database on 127.0.0.1:5432,
 skipped when it does not answer): fill a private Redis stream with N stamped events,
@@ -8,7 +9,9 @@ time one StreamIngestor (batch 1000) draining it with `run()`, the loop an inges
 job runs, and check the events table holds N rows; then, on a fresh schema in the same
 kind of database, time the rows ingestion stored inserted again with plain multi-row
 INSERTs (no Redis, no upserts, 1000 rows per transaction; their visitors and contacts
-copied first, untimed). Everything it starts or creates is removed at the end.
+copied first, untimed). Each database gets `--rounds` such pairs, every one on fresh
+schemas, and its figures are their medians: on a shared machine one pair can be off by
+half. Everything it starts or creates is removed at the end.
 The last line is machine-readable `key=value` figures.
 """
 
@@ -20,6 +23,7 @@ import io
 import json
 import os
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,6 +47,12 @@ def parse_args() -> argparse.Namespace:
         help="most seconds one drain or baseline may take before it is cut short",
     )
     parser.add_argument("--databases", default="sqlite,pg", help="comma-separated: sqlite,pg")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="ingest + plain insert pairs per database; the figures are their medians",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -255,13 +265,43 @@ def print_profile(profiler: cProfile.Profile, label: str) -> None:
 def bench_database(
     label: str, make_url: Any, redis_url: str, entries: list[bytes], args: argparse.Namespace
 ) -> dict[str, float]:
-    """Ingest then plain-insert on one kind of database; return its figures."""
+    """`--rounds` of ingest then plain insert on one kind of database; return the medians."""
+    print(f"\n== {label}")
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        print(f" round {number} of {args.rounds}")
+        rounds.append(bench_round(label, make_url, redis_url, entries, args, number))
+    ratios = [r["ingest_eps"] / r["plain_insert_eps"] for r in rounds if r["plain_insert_eps"]]
+    figures = {
+        "ingest_eps": statistics.median(r["ingest_eps"] for r in rounds),
+        "plain_insert_eps": statistics.median(r["plain_insert_eps"] for r in rounds),
+        "ratio": statistics.median(ratios) if ratios else 0.0,
+        "ok": all(r["ok"] for r in rounds),
+    }
+    if args.rounds > 1:
+        print(
+            f"  {label}, median of {args.rounds} rounds: ingest "
+            f"{common.fmt_rate(figures['ingest_eps'])}/s, plain "
+            f"{common.fmt_rate(figures['plain_insert_eps'])}/s, ratio {figures['ratio']:.2f} "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+    return figures
+
+
+def bench_round(
+    label: str,
+    make_url: Any,
+    redis_url: str,
+    entries: list[bytes],
+    args: argparse.Namespace,
+    number: int,
+) -> dict[str, float]:
+    """Ingest then plain-insert on one kind of database, each on a fresh schema."""
     from tracker.db import db
     from tracker.redis_conn import get_redis
 
     n = len(entries)
-    print(f"\n== {label}")
-    url = make_url("ingest")
+    url = make_url(f"ingest{number}")
     app = common.make_app(url, redis_url)
     common.migrate(app)
     site_id, _ = common.create_site(app, ["127.0.0.1"])
@@ -305,7 +345,7 @@ def bench_database(
     with app.app_context():
         db.engine.dispose()
 
-    url = make_url("plain")
+    url = make_url(f"plain{number}")
     app = common.make_app(url, redis_url)
     common.migrate(app)
     common.create_site(app, ["127.0.0.1"])
@@ -394,9 +434,14 @@ def main() -> int:
     for name, values in results.items():
         figures[f"{name}_ingest_eps"] = values["ingest_eps"]
         figures[f"{name}_plain_insert_eps"] = values["plain_insert_eps"]
+        figures[f"{name}_ratio"] = values["ratio"]
     all_ok = all(v["ok"] for v in results.values())
     print(f"\nslowest ingest: {worst}; counts {'verified' if all_ok else 'DID NOT MATCH'}")
-    print(" ".join(f"{k}={v:.0f}" for k, v in figures.items()))
+    print(
+        " ".join(
+            f"{k}={v:.2f}" if k.endswith("ratio") else f"{k}={v:.0f}" for k, v in figures.items()
+        )
+    )
     return 0 if all_ok else 2
 
 
