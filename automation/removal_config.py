@@ -195,8 +195,9 @@ def _templates_sent(steps: Any) -> set[str]:
 
 
 def plan_template(conn: Connection, template_id: int) -> Plan:
-    """Refused once it sent mail, or while a sequence, broadcast or segment names it; else
-    deleted with its versions and taken out of the campaigns that list it."""
+    """Refused once it sent mail other than tests, or while a sequence, broadcast or segment
+    names it; else deleted with its test sends and versions and taken out of the campaigns
+    that list it."""
     name = conn.execute(
         select(EmailTemplate.name).where(EmailTemplate.id == template_id)
     ).scalar_one()
@@ -208,6 +209,8 @@ def plan_template(conn: Connection, template_id: int) -> Plan:
             .group_by(Message.kind)
         ).all()
     )
+    # Test sends are the marketer's own tries: they go with the template, and stop nothing.
+    tests = sent.pop("test", 0)
     if sent:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(sent.items()))
         plan.blockers.append(
@@ -239,6 +242,8 @@ def plan_template(conn: Connection, template_id: int) -> Plan:
             f"its opens or clicks are looked at by {the(segments, 'segment')} (email: "
             f"template {template_id}): edit their rules first"
         )
+    if tests:
+        plan.consequences.append(f"its test sends ({counted(tests, 'message')}) go with it")
     versions = count_rows(conn, TemplateVersion, TemplateVersion.template_id == template_id)
     plan.consequences.append(f"its versions ({versions}) go with it")
     campaigns = [
@@ -260,6 +265,7 @@ def plan_template(conn: Connection, template_id: int) -> Plan:
         for campaign_id, _, ids in campaigns
     ]
     plan.statements += [
+        delete(Message).where(Message.template_id == template_id, Message.kind == "test"),
         delete(TemplateVersion).where(TemplateVersion.template_id == template_id),
         delete(EmailTemplate).where(EmailTemplate.id == template_id),
     ]

@@ -31,7 +31,7 @@ from tracker.automation_models import (
     Webhook,
 )
 from tracker.db import db
-from tracker.email_models import EmailTemplate, TemplateVersion
+from tracker.email_models import EmailTemplate, Message, TemplateVersion
 from tracker.models import Contact, Event, Site, User, Visitor, utcnow
 from tracker.sales_models import Campaign, CampaignCost, ContactNote, LeadAction, Opportunity
 
@@ -401,18 +401,40 @@ def test_a_template_goes_with_its_versions_and_leaves_the_campaigns(app, markete
     assert count(app, TemplateVersion, TemplateVersion.template_id == other) == 1
 
 
-def _sent_with(app, name: str) -> None:
+def _sent_with(app, name: str, kind: str = "broadcast", email: str = "ann@example.com") -> None:
     from automation.outgoing import create_messages
 
-    recipient = contact(app)
+    recipient = contact(app, email)
     with app.app_context(), db.engine.begin() as conn:
-        create_messages(conn, name, [{"contact_id": recipient}], kind="test")
+        create_messages(conn, name, [{"contact_id": recipient}], kind=kind)
+
+
+def test_a_template_only_ever_test_sent_goes_with_its_test_sends(app, marketer):
+    load(app, TEMPLATE.format(name="welcome", subject="Hi"))
+    template_id = id_of(app, EmailTemplate, "welcome")
+    _sent_with(app, "welcome", kind="test")
+    path = f"/admin/templates/{template_id}/delete"
+    assert "its test sends (1 message) go with it" in text_of(marketer.get(path))
+    assert delete(marketer, path).status_code == 302
+    assert id_of(app, EmailTemplate, "welcome") is None
+    assert count(app, Message) == 0 and count(app, TemplateVersion) == 0
+
+
+def test_test_sends_do_not_let_a_template_that_sent_mail_go(app, marketer):
+    load(app, TEMPLATE.format(name="welcome", subject="Hi"))
+    template_id = id_of(app, EmailTemplate, "welcome")
+    _sent_with(app, "welcome", kind="test")
+    _sent_with(app, "welcome", email="bob@example.com")
+    response = delete(marketer, f"/admin/templates/{template_id}/delete")
+    assert response.status_code == 409
+    assert "it was used for 1 message (1 broadcast)" in blockers(response)
+    assert count(app, Message) == 2 and id_of(app, EmailTemplate, "welcome") == template_id
 
 
 @pytest.mark.parametrize(
     ("setup", "says"),
     [
-        (_sent_with, "it was used for 1 message (1 test)"),
+        (_sent_with, "it was used for 1 message (1 broadcast)"),
         (
             lambda app, name: load(
                 app, f"sequences:\n  - name: Welcome series\n    steps:\n      - send: {name}\n"
