@@ -42,8 +42,9 @@ def take_write_lock(conn: Connection) -> None:
     pysqlite opens a transaction only at the first INSERT or UPDATE, so a
     read-then-write would read outside any transaction: another writer could
     commit between the read and the write, and the write would act on what it
-    replaced. Taken first, nobody commits in between (SQLite writes one at a
-    time anyway). PostgreSQL needs nothing here; callers lock the rows they read.
+    replaced. Taken first, nobody commits in between, and no read snapshot can
+    go stale before the write (SQLITE_BUSY_SNAPSHOT); SQLite writes one at a
+    time anyway. PostgreSQL needs nothing here: callers lock the rows they read.
     """
     if conn.dialect.name == "sqlite" and not conn.connection.driver_connection.in_transaction:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
